@@ -1,0 +1,291 @@
+"""Typed configuration of one trial: model, data, compute and training, composed into TrialConfig.
+
+Pure Python (pydantic only): the orchestrator validates search-space files into these objects,
+and the trainables rebuild them from the plain dict a Tune trial receives. Derived numbers
+(per-worker batch, accumulation steps) are methods, never stored, so what is logged is what ran.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "BERT_LADDER",
+    "GLUE_FILES",
+    "GLUE_TASKS",
+    "GlueFiles",
+    "BatchScaling",
+    "ComputeConfig",
+    "DataConfig",
+    "LadderEntry",
+    "ModelConfig",
+    "Precision",
+    "TrainConfig",
+    "TrialConfig",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LadderEntry(_Frozen):
+    """One rung of the BERT size ladder (Turc et al. 2019 "Well-Read Students" checkpoints)."""
+
+    hub_id: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+
+
+BERT_LADDER: dict[str, LadderEntry] = {
+    name: LadderEntry(hub_id=hub_id, num_layers=layers, hidden_size=hidden, num_heads=heads)
+    for name, hub_id, layers, hidden, heads in [
+        ("bert-tiny", "google/bert_uncased_L-2_H-128_A-2", 2, 128, 2),
+        ("bert-mini", "google/bert_uncased_L-4_H-256_A-4", 4, 256, 4),
+        ("bert-small", "google/bert_uncased_L-4_H-512_A-8", 4, 512, 8),
+        ("bert-medium", "google/bert_uncased_L-8_H-512_A-8", 8, 512, 8),
+        ("bert-base", "google/bert_uncased_L-12_H-768_A-12", 12, 768, 12),
+        ("bert-large", "google-bert/bert-large-uncased", 24, 1024, 16),
+    ]
+}
+
+
+
+class GlueFiles(_Frozen):
+    """Where a GLUE task lives in the standard ``glue_data`` layout, and its label count."""
+
+    directory: str
+    validation_file: str
+    has_header: bool
+    num_labels: int
+    train_size: int  # official row count, for planning when the data comes from the hub
+
+
+GLUE_FILES: dict[str, GlueFiles] = {
+    task: GlueFiles(
+        directory=directory,
+        validation_file=validation_file,
+        has_header=task != "cola",
+        num_labels=num_labels,
+        train_size=train_size,
+    )
+    for task, directory, validation_file, num_labels, train_size in [
+        ("cola", "CoLA", "dev.tsv", 2, 8551),
+        ("sst2", "SST-2", "dev.tsv", 2, 67349),
+        ("mrpc", "MRPC", "dev.tsv", 2, 3668),
+        ("stsb", "STS-B", "dev.tsv", 1, 5749),
+        ("qqp", "QQP", "dev.tsv", 2, 363846),
+        ("mnli", "MNLI", "dev_matched.tsv", 3, 392702),
+        ("qnli", "QNLI", "dev.tsv", 2, 104743),
+        ("rte", "RTE", "dev.tsv", 2, 2490),
+        ("wnli", "WNLI", "dev.tsv", 2, 635),
+    ]
+}
+GLUE_TASKS = tuple(GLUE_FILES)
+
+
+class ModelConfig(_Frozen):
+    """Which encoder to fine-tune.
+
+    ``name`` is a ladder name (``bert-tiny`` .. ``bert-large``), a hub id, or a local directory.
+    ``tokenizer``: ``auto`` uses the model's own tokenizer (for a ``from_scratch`` model that
+    cannot load one, a WordPiece tokenizer is trained on the task's training text);
+    ``wordpiece`` always trains one; anything else is a hub id or directory to load.
+    """
+
+    name: str = "bert-tiny"
+    from_scratch: bool = False
+    num_layers: Annotated[int, Field(ge=1)] | None = None
+    tokenizer: str = "auto"
+    wordpiece_vocab_size: Annotated[int, Field(ge=100)] = 8192
+
+    @property
+    def ladder(self) -> LadderEntry | None:
+        return BERT_LADDER.get(self.name)
+
+    @property
+    def source(self) -> str:
+        """The hub id or local path that weights, config and tokenizer are loaded from."""
+        return self.ladder.hub_id if self.ladder else self.name
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.ladder and self.num_layers and self.num_layers > self.ladder.num_layers:
+            raise ValueError(
+                f"num_layers={self.num_layers} exceeds the {self.ladder.num_layers} layers "
+                f"of {self.name}"
+            )
+        return self
+
+
+class DataConfig(_Frozen):
+    """Where examples come from, and which nested fraction of the training split a trial uses.
+
+    source ``glue``: ``task`` from GLUE_TASKS, read from ``glue_dir`` (standard ``glue_data``
+    layout; defaults to $GLUE_DIR) or, when neither is set, from the hub.
+    source ``files``: ``train_file`` / ``validation_file`` (csv, tsv, jsonl, parquet) with
+    ``text_columns`` (one or two) and ``label_column``; ``problem_type`` says whether labels
+    are classes (strings or ints, mapped to ids) or real numbers.
+    source ``synthetic``: a built-in sentence-pair task generated offline from ``synthetic_seed``.
+    """
+
+    source: Literal["glue", "files", "synthetic"] = "synthetic"
+    task: str | None = None
+    glue_dir: str | None = Field(default_factory=lambda: os.environ.get("GLUE_DIR") or None)
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_columns: list[str] = Field(default_factory=list)
+    label_column: str = "label"
+    problem_type: Literal["classification", "regression"] = "classification"
+    synthetic_train_size: Annotated[int, Field(ge=10)] = 4000
+    synthetic_validation_size: Annotated[int, Field(ge=10)] = 1000
+    synthetic_seed: int = 0
+    train_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    max_length: Annotated[int, Field(ge=8, le=8192)] = 128
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.source == "glue":
+            if self.task not in GLUE_TASKS:
+                raise ValueError(
+                    f"task {self.task!r} is not a GLUE task; valid: {', '.join(GLUE_TASKS)}"
+                )
+        elif self.source == "files":
+            if not (self.train_file and self.validation_file):
+                raise ValueError("source 'files' needs train_file and validation_file")
+            if len(self.text_columns) not in (1, 2):
+                raise ValueError("source 'files' needs text_columns: one or two column names")
+        return self
+
+    def subset_size(self, full_size: int) -> int:
+        """Training examples a trial uses: the first ``train_fraction`` of a seeded permutation."""
+        return max(1, round(self.train_fraction * full_size))
+
+
+class BatchScaling(str, Enum):
+    """How the batch follows the worker count.
+
+    strong: the global batch is fixed; each worker gets global / workers (same optimisation,
+    less time per epoch). weak: the per-worker batch is fixed; the global batch grows.
+    """
+
+    strong = "strong"
+    weak = "weak"
+
+
+class ComputeConfig(_Frozen):
+    """How many Ray Train workers a trial uses, what each reserves, and the batch arithmetic."""
+
+    num_workers: Annotated[int, Field(ge=1)] = 1
+    use_gpu: bool = False
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 1
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 1
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
+    batch_scaling: BatchScaling = BatchScaling.strong
+    global_batch_size: Annotated[int, Field(ge=1)] | None = 32
+    per_worker_batch_size: Annotated[int, Field(ge=1)] | None = None
+    max_micro_batch_size: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ComputeConfig:
+        if self.batch_scaling is BatchScaling.strong:
+            if self.global_batch_size is None:
+                raise ValueError("batch_scaling 'strong' needs global_batch_size")
+            if self.global_batch_size % self.num_workers:
+                raise ValueError(
+                    f"batch_scaling 'strong': global_batch_size {self.global_batch_size} does "
+                    f"not divide by num_workers {self.num_workers}; use a multiple of "
+                    f"{self.num_workers} or batch_scaling 'weak'"
+                )
+        elif self.per_worker_batch_size is None:
+            raise ValueError("batch_scaling 'weak' needs per_worker_batch_size")
+        micro = self.max_micro_batch_size
+        if micro is not None and self.per_worker_batch() % micro:
+            raise ValueError(
+                f"per-worker batch {self.per_worker_batch()} does not divide by "
+                f"max_micro_batch_size {micro}"
+            )
+        return self
+
+    def per_worker_batch(self) -> int:
+        if self.batch_scaling is BatchScaling.strong:
+            return self.global_batch_size // self.num_workers
+        return self.per_worker_batch_size
+
+    def global_batch(self) -> int:
+        return self.per_worker_batch() * self.num_workers
+
+    def micro_batch(self) -> int:
+        """Examples per forward pass on one worker (smaller than the batch when accumulating)."""
+        return min(self.per_worker_batch(), self.max_micro_batch_size or self.per_worker_batch())
+
+    def accumulation_steps(self) -> int:
+        return self.per_worker_batch() // self.micro_batch()
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one Ray Train worker reserves, in Ray's resource names."""
+        resources = {"CPU": self.cpus_per_worker, **self.resources_per_worker}
+        if self.use_gpu:
+            resources["GPU"] = self.gpus_per_worker
+        return resources
+
+    def trial_resources(self) -> dict[str, float]:
+        """The whole gang a trial needs at once: every worker's resources."""
+        return {k: v * self.num_workers for k, v in self.worker_resources().items()}
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class TrainConfig(_Frozen):
+    """Optimisation: AdamW with linear warm-up then linear decay to zero."""
+
+    epochs: Annotated[int, Field(ge=1)] = 3
+    lr: Annotated[float, Field(gt=0)] = 5e-5
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
+    precision: Precision = Precision.fp32
+    seed: int = 0
+    max_failures: Annotated[int, Field(ge=0)] = 0
+
+
+class TrialConfig(_Frozen):
+    """Everything one trial needs: the plain dict a Tune trial receives validates into this."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> TrialConfig:
+        if self.train.precision is not Precision.fp32 and not self.compute.use_gpu:
+            raise ValueError(
+                f"train.precision {self.train.precision.value} needs compute.use_gpu: true; "
+                "on CPU use fp32"
+            )
+        return self
+
+    def label(self) -> str:
+        """A short readable name, e.g. ``bert-tiny·f0.25·w2·s0``."""
+        model = self.model.name.rstrip("/").rsplit("/", 1)[-1]
+        if self.model.num_layers:
+            model += f"-L{self.model.num_layers}"
+        return f"{model}·f{self.data.train_fraction:g}·w{self.compute.num_workers}·s{self.train.seed}"
+
+    def primary_metric(self) -> str:
+        """The metric that ranks trials: the task's customary headline number."""
+        if self.data.problem_type == "regression" or self.data.task == "stsb":
+            return "pearson"
+        return {"cola": "matthews_correlation", "mrpc": "f1", "qqp": "f1"}.get(
+            self.data.task or "", "accuracy"
+        )

@@ -1,0 +1,175 @@
+"""``plan``: what a sweep will run, before anything runs (no Ray, no torch).
+
+Checks that the data files exist, counts training examples, estimates parameter counts from the
+architecture, and shows the batch arithmetic and resources of every trial.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.config import GLUE_FILES, DataConfig, ModelConfig, TrialConfig
+from orchestrator.spec import SpecError, SweepSpec
+
+__all__ = ["PlanRow", "plan_rows", "render_plan", "bert_parameter_counts", "train_split_size"]
+
+BERT_VOCAB = 30522
+MAX_POSITIONS = 512
+
+
+def bert_parameter_counts(
+    *, layers: int, hidden: int, vocab: int, num_labels: int, intermediate: int | None = None
+) -> tuple[int, int]:
+    """(total, non-embedding) parameters of BertForSequenceClassification, counted exactly."""
+    inter = intermediate or 4 * hidden
+    per_layer = 4 * (hidden * hidden + hidden) + 2 * hidden  # Q, K, V, output; LayerNorm
+    per_layer += hidden * inter + inter + inter * hidden + hidden + 2 * hidden  # FFN; LayerNorm
+    non_embedding = (
+        layers * per_layer
+        + 2 * hidden  # embedding LayerNorm
+        + hidden * hidden + hidden  # pooler
+        + hidden * num_labels + num_labels  # classifier
+    )
+    embedding = (vocab + MAX_POSITIONS + 2) * hidden
+    return non_embedding + embedding, non_embedding
+
+
+def _architecture(model: ModelConfig) -> tuple[int, int, int | None] | None:
+    """(layers, hidden, intermediate) from the ladder or a local config.json; None if unknown."""
+    if model.ladder:
+        layers, hidden, inter = model.ladder.num_layers, model.ladder.hidden_size, None
+    else:
+        config_file = Path(model.source) / "config.json"
+        if not config_file.is_file():
+            return None
+        config = json.loads(config_file.read_text())
+        layers, hidden = config["num_hidden_layers"], config["hidden_size"]
+        inter = config.get("intermediate_size")
+    return model.num_layers or layers, hidden, inter
+
+
+def _vocab(model: ModelConfig) -> int:
+    if model.tokenizer == "wordpiece":
+        return model.wordpiece_vocab_size
+    config_file = Path(model.source) / "config.json"
+    if config_file.is_file():
+        return json.loads(config_file.read_text()).get("vocab_size", BERT_VOCAB)
+    return BERT_VOCAB
+
+
+def _count_rows(path: Path) -> int:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    if suffix in (".jsonl", ".json"):
+        return sum(1 for line in path.open(encoding="utf-8") if line.strip())
+    import csv
+
+    import pandas as pd
+
+    sep = "\t" if suffix == ".tsv" else ","
+    quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
+    return len(pd.read_csv(path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False))
+
+
+def train_split_size(data: DataConfig) -> int:
+    """Rows in the full training split; raises SpecError when a data file is missing."""
+    if data.source == "synthetic":
+        return data.synthetic_train_size
+    if data.source == "glue":
+        layout = GLUE_FILES[data.task]
+        if not data.glue_dir:
+            return layout.train_size
+        task_dir = Path(data.glue_dir) / layout.directory
+        for name in ("train.tsv", layout.validation_file):
+            if not (task_dir / name).is_file():
+                raise SpecError(
+                    f"data.glue_dir: {task_dir / name} not found (expected the glue_data layout: "
+                    f"<glue_dir>/{layout.directory}/train.tsv and {layout.validation_file})"
+                )
+        # QUOTE_NONE files: one row per line (the last line may lack its newline).
+        text = (task_dir / "train.tsv").read_bytes()
+        lines = text.count(b"\n") + (0 if text.endswith(b"\n") else 1)
+        return lines - layout.has_header
+    for key in ("train_file", "validation_file"):
+        if not Path(getattr(data, key)).is_file():
+            raise SpecError(f"data.{key}: {getattr(data, key)} not found")
+    return _count_rows(Path(data.train_file))
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    trial: TrialConfig
+    params_total: int | None
+    params_non_embedding: int | None
+    train_examples: int
+
+    def resources(self) -> str:
+        per_worker = self.trial.compute.worker_resources()
+        return ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
+
+
+def _num_labels(data: DataConfig) -> int:
+    if data.source == "glue":
+        return GLUE_FILES[data.task].num_labels
+    return 1 if data.problem_type == "regression" else 2
+
+
+def plan_rows(spec: SweepSpec) -> list[PlanRow]:
+    sizes: dict[str, int] = {}
+    rows = []
+    for trial in spec.trials:
+        key = trial.data.model_dump_json(exclude={"train_fraction", "max_length"})
+        if key not in sizes:
+            sizes[key] = train_split_size(trial.data)
+        arch = _architecture(trial.model)
+        counts = (
+            bert_parameter_counts(
+                layers=arch[0],
+                hidden=arch[1],
+                intermediate=arch[2],
+                vocab=_vocab(trial.model),
+                num_labels=_num_labels(trial.data),
+            )
+            if arch
+            else (None, None)
+        )
+        rows.append(PlanRow(trial, *counts, trial.data.subset_size(sizes[key])))
+    return rows
+
+
+def _millions(n: int | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.2f}M"
+
+
+def render_plan(spec: SweepSpec, rows: list[PlanRow]) -> str:
+    """The plan as a fixed-width table plus totals."""
+    header = ("#", "trial", "params", "non-emb", "train ex", "workers", "batch", "per-worker",
+              "accum", "resources/worker")
+    table = [header]
+    for i, row in enumerate(rows, 1):
+        c = row.trial.compute
+        table.append((
+            str(i), row.trial.label(), _millions(row.params_total),
+            _millions(row.params_non_embedding), str(row.train_examples), str(c.num_workers),
+            str(c.global_batch()), str(c.per_worker_batch()), str(c.accumulation_steps()),
+            row.resources(),
+        ))
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in table]
+    largest = max(rows, key=lambda r: sum(r.trial.compute.trial_resources().values()))
+    gang = ", ".join(f"{v:g} {k}" for k, v in largest.trial.compute.trial_resources().items())
+    example_epochs = sum(r.train_examples * r.trial.train.epochs for r in rows)
+    scaling = {r.trial.compute.batch_scaling.value for r in rows}
+    lines += [
+        "",
+        f"sweep {spec.name}: {len(rows)} trials ({' x '.join(str(len(v)) for v in spec.axes.values()) or '1'}"
+        f" cells x {len(spec.seeds)} seeds), batch scaling: {', '.join(sorted(scaling))}",
+        f"largest gang: {gang} ({largest.trial.label()})",
+        f"training examples processed in total: {example_epochs:,} (examples x epochs)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""Search-space files: load, override, validate and expand into trial configs (no Ray).
+
+A file has fixed settings (``model``, ``data``, ``compute``, ``train`` sections whose keys are
+TrialConfig fields), ``axes`` (dotted field name -> list of values) and ``seeds``. The grid is
+the product of every axis and the seeds; every cell is validated before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.config import BERT_LADDER, TrialConfig
+
+__all__ = ["SpecError", "SweepSpec", "load_spec", "parse_override", "AXIS_FIELDS"]
+
+SECTIONS = ("model", "data", "compute", "train")
+TOP_LEVEL_KEYS = (
+    "name",
+    "description",
+    *SECTIONS,
+    "axes",
+    "seeds",
+    "storage_path",
+    "max_concurrent_trials",
+)
+
+
+class SpecError(ValueError):
+    """A problem with a search-space file or an override, phrased for the user in one line."""
+
+
+def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    paths = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths += _field_paths(annotation, f"{prefix}{name}.")
+        else:
+            paths.append(f"{prefix}{name}")
+    return paths
+
+
+AXIS_FIELDS: tuple[str, ...] = tuple(_field_paths(TrialConfig))
+
+
+def _did_you_mean(word: str, valid: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(valid)}"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated search space: the fixed trial settings, the axes and every expanded cell."""
+
+    path: Path
+    name: str
+    description: str
+    base: dict[str, Any]
+    axes: dict[str, list[Any]]
+    seeds: list[int]
+    storage_path: str
+    max_concurrent_trials: int | None
+    trials: list[TrialConfig]
+
+    def axis_names(self) -> list[str]:
+        """The dotted names that vary across trials, seeds last."""
+        return [*self.axes, "train.seed"]
+
+    def param_space(self) -> dict[str, Any]:
+        """The fully resolved trial dict with each axis as ``{"grid_search": values}``.
+
+        Tune expands nested grid searches into the same cells as ``trials``; defaults are
+        resolved here (e.g. $GLUE_DIR), so every trial receives exactly what was validated.
+        Built from plain dicts so this module needs no Ray.
+        """
+        space = self.trials[0].model_dump(mode="json")
+        for axis, values in {**self.axes, "train.seed": self.seeds}.items():
+            section, key = axis.split(".", 1)
+            space[section][key] = {"grid_search": list(values)}
+        return space
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as it ran (overrides applied), for the experiment directory."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            **self.base,
+            "axes": self.axes,
+            "seeds": self.seeds,
+            "storage_path": self.storage_path,
+            "max_concurrent_trials": self.max_concurrent_trials,
+        }
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``train.lr=3e-5`` -> ("train.lr", 3e-05); values are parsed as YAML (lists work too)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"override {text!r} is not of the form key=value (e.g. train.lr=3e-5)")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    # YAML 1.1 reads 3e-5 as a string; a number is what anyone typing it means.
+    if isinstance(parsed, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", parsed):
+        parsed = float(parsed)
+    return key.strip(), parsed
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpecError(f"{path}: no such search-space file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping of settings at the top level")
+    return _normalise_numbers(raw)
+
+
+def _normalise_numbers(value: Any) -> Any:
+    """YAML 1.1 leaves ``5e-5`` (no dot) a string; read it as the float a person meant."""
+    if isinstance(value, dict):
+        return {k: _normalise_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise_numbers(v) for v in value]
+    if isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+        return float(value)
+    return value
+
+
+def _apply_override(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    if key.startswith("axes."):
+        axis = key.removeprefix("axes.")
+        raw.setdefault("axes", {})[axis] = value
+        return
+    if key in TOP_LEVEL_KEYS and key not in SECTIONS:
+        raw[key] = value
+        return
+    if key not in AXIS_FIELDS:
+        raise SpecError(f"{where}: unknown setting {key!r}{_did_you_mean(key, AXIS_FIELDS)}")
+    if key == "train.seed":
+        raw["seeds"] = value if isinstance(value, list) else [value]
+        return
+    section, field = key.split(".", 1)
+    # A fixed value given on the command line replaces an axis of the same name.
+    (raw.get("axes") or {}).pop(key, None)
+    section_dict = raw.setdefault(section, {})
+    if not isinstance(section_dict, dict):
+        raise SpecError(f"{where}: section {section!r} must be a mapping")
+    section_dict[field] = value
+
+
+def _check_shape(raw: dict[str, Any], path: Path) -> None:
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise SpecError(f"{path}: unknown key {key!r}{_did_you_mean(key, TOP_LEVEL_KEYS)}")
+    if not isinstance(raw.get("name"), str) or not re.fullmatch(r"[\w.-]+", raw["name"]):
+        raise SpecError(
+            f"{path}: 'name' must be a word of letters, digits, '_', '-' or '.' "
+            f"(got {raw.get('name')!r})"
+        )
+    for section in SECTIONS:
+        if not isinstance(raw.get(section) or {}, dict):
+            raise SpecError(f"{path}: {section!r} must be a mapping of settings")
+    axes = raw.get("axes") or {}
+    if not isinstance(axes, dict):
+        raise SpecError(f"{path}: 'axes' must map setting names to lists of values")
+    for axis, values in axes.items():
+        if axis == "train.seed":
+            raise SpecError(f"{path}: axes.train.seed: list the seeds under 'seeds' instead")
+        if axis not in AXIS_FIELDS:
+            raise SpecError(f"{path}: unknown axis {axis!r}{_did_you_mean(axis, AXIS_FIELDS)}")
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"{path}: axes.{axis} must be a non-empty list of values")
+        if len({repr(v) for v in values}) != len(values):
+            raise SpecError(f"{path}: axes.{axis} repeats a value: {values}")
+    seeds = raw.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise SpecError(f"{path}: 'seeds' must be a non-empty list of integers (got {seeds!r})")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"{path}: 'seeds' repeats a value: {seeds}")
+    mct = raw.get("max_concurrent_trials")
+    if mct is not None and (not isinstance(mct, int) or isinstance(mct, bool) or mct < 1):
+        raise SpecError(f"{path}: 'max_concurrent_trials' must be a positive integer or omitted")
+
+
+def _validation_message(err: ValidationError, cell: dict[str, Any]) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        message = f"unknown key {loc!r}{_did_you_mean(loc, AXIS_FIELDS)}"
+    else:
+        message = f"{loc}: " if loc else ""
+        message += first["msg"].removeprefix("Value error, ")
+        if "input" in first and first["type"] not in ("value_error", "missing"):
+            message += f" (got {first['input']!r})"
+    where = ", ".join(f"{k}={v}" for k, v in cell.items())
+    return message + (f" [in grid cell {where}]" if where else "")
+
+
+def _check_model_names(names: list[Any], path: Path) -> None:
+    for name in names:
+        if not isinstance(name, str) or name in BERT_LADDER or Path(name).exists():
+            continue
+        if name.startswith(("/", "./", "../", "~")):
+            raise SpecError(f"{path}: model.name: local model directory {name!r} not found")
+        if "/" in name:
+            continue  # a hub id: checked when the trial loads it
+        close = difflib.get_close_matches(name, list(BERT_LADDER), n=1, cutoff=0.8)
+        if close:
+            raise SpecError(
+                f"{path}: model.name: unknown model {name!r}; did you mean {close[0]!r}? "
+                f"(ladder: {', '.join(BERT_LADDER)}; or a hub id or local directory)"
+            )
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+    """Read, override and validate a search-space file; raise SpecError with a one-line reason."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _apply_override(raw, key, value, where=f"override {text!r}")
+    _check_shape(raw, path)
+
+    base = {section: dict(raw.get(section) or {}) for section in SECTIONS}
+    if "seed" in base["train"]:
+        raise SpecError(f"{path}: train.seed: list the seeds under 'seeds' instead")
+    axes = dict(raw.get("axes") or {})
+    seeds = list(raw.get("seeds", [0]))
+    model_names = axes.get("model.name", [base["model"].get("name", "bert-tiny")])
+    _check_model_names(model_names, path)
+
+    trials = []
+    grid = {**axes, "train.seed": seeds}
+    for values in itertools.product(*grid.values()):
+        cell = dict(zip(grid, values, strict=True))
+        trial_dict = copy.deepcopy(base)
+        for axis, value in cell.items():
+            section, field = axis.split(".", 1)
+            trial_dict[section][field] = value
+        try:
+            trials.append(TrialConfig.model_validate(trial_dict))
+        except ValidationError as err:
+            raise SpecError(f"{path}: {_validation_message(err, cell)}") from None
+
+    return SweepSpec(
+        path=path,
+        name=raw["name"],
+        description=str(raw.get("description") or "").strip(),
+        base=base,
+        axes=axes,
+        seeds=seeds,
+        storage_path=str(raw.get("storage_path") or "experiments"),
+        max_concurrent_trials=raw.get("max_concurrent_trials"),
+        trials=trials,
+    )

@@ -1,0 +1,153 @@
+"""Search-space validation, overrides and grid expansion (no Ray)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import BatchScaling, ComputeConfig
+from orchestrator.spec import SpecError, load_spec, parse_override
+
+GOOD = """
+name: demo
+data: {source: synthetic, synthetic_train_size: 200}
+model: {from_scratch: true, tokenizer: wordpiece}
+compute: {global_batch_size: 8}
+train: {epochs: 1, lr: 1e-3}
+axes:
+  model.name: [bert-tiny, bert-mini]
+  data.train_fraction: [0.5, 1.0]
+  compute.num_workers: [1, 2]
+seeds: [0, 1]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_file_expands_to_the_full_grid(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    assert len(spec.trials) == 2 * 2 * 2 * 2
+    cells = {
+        (t.model.name, t.data.train_fraction, t.compute.num_workers, t.train.seed)
+        for t in spec.trials
+    }
+    assert len(cells) == 16
+    assert {t.train.lr for t in spec.trials} == {1e-3}  # "1e-3" is a float, not a string
+    assert spec.axis_names() == [
+        "model.name", "data.train_fraction", "compute.num_workers", "train.seed"
+    ]
+
+
+def test_param_space_puts_grid_searches_at_the_axis_leaves(tmp_path):
+    space = load_spec(write(tmp_path, GOOD)).param_space()
+    assert space["model"]["name"] == {"grid_search": ["bert-tiny", "bert-mini"]}
+    assert space["train"]["seed"] == {"grid_search": [0, 1]}
+    assert space["train"]["lr"] == 1e-3
+    assert space["compute"]["batch_scaling"] == "strong"  # resolved defaults travel too
+
+
+def test_overrides_set_values_and_replace_axes(tmp_path):
+    path = write(tmp_path, GOOD)
+    spec = load_spec(path, ["train.lr=3e-5", "compute.num_workers=2", "seeds=[7]"])
+    assert {t.train.lr for t in spec.trials} == {3e-5}
+    assert {t.compute.num_workers for t in spec.trials} == {2}
+    assert "compute.num_workers" not in spec.axes
+    assert len(spec.trials) == 4
+    spec = load_spec(path, ["axes.model.name=[bert-small]"])
+    assert {t.model.name for t in spec.trials} == {"bert-small"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: x\nmodle: {}\n", "unknown key 'modle'; did you mean 'model'?"),
+        ("name: x\nmodel: {nmae: bert-tiny}\n", "unknown key 'model.nmae'; did you mean 'model.name'?"),
+        ("name: x\naxes: {model.nme: [a]}\n", "unknown axis 'model.nme'; did you mean 'model.name'?"),
+        ("name: x\naxes: {model.name: []}\n", "axes.model.name must be a non-empty list"),
+        ("name: x\naxes: {model.name: bert-tiny}\n", "axes.model.name must be a non-empty list"),
+        ("name: x\ndata: {train_fraction: 1.5}\n", "data.train_fraction: Input should be less than or equal to 1"),
+        ("name: x\naxes: {data.train_fraction: [0.5, 0]}\n", "greater than 0"),
+        ("name: x\ncompute: {global_batch_size: 32}\naxes: {compute.num_workers: [1, 3]}\n",
+         "global_batch_size 32 does not divide by num_workers 3"),
+        ("name: x\ncompute: {batch_scaling: weak}\n", "batch_scaling 'weak' needs per_worker_batch_size"),
+        ("name: x\ncompute: {batch_scaling: medium}\n", "compute.batch_scaling: Input should be 'strong' or 'weak'"),
+        ("name: x\ndata: {source: glue, task: mrcp}\n", "task 'mrcp' is not a GLUE task"),
+        ("name: x\ndata: {source: files, train_file: a.csv}\n", "needs train_file and validation_file"),
+        ("name: x\ntrain: {precision: bf16}\n", "train.precision bf16 needs compute.use_gpu: true"),
+        ("name: x\ntrain: {epochs: two}\n", "train.epochs: Input should be a valid integer"),
+        ("name: x\nmodel: {name: bert-tinny}\n", "unknown model 'bert-tinny'; did you mean 'bert-tiny'?"),
+        ("name: x\nmodel: {name: ./no/such/dir}\n", "local model directory './no/such/dir' not found"),
+        ("name: x\nmodel: {name: bert-tiny, num_layers: 5}\n", "num_layers=5 exceeds the 2 layers of bert-tiny"),
+        ("name: x\nseeds: []\n", "'seeds' must be a non-empty list of integers"),
+        ("name: x\nseeds: [1, 1]\n", "'seeds' repeats a value"),
+        ("name: x\ntrain: {seed: 3}\n", "list the seeds under 'seeds' instead"),
+        ("name: 'a b'\n", "'name' must be a word"),
+        ("data: {}\n", "'name' must be a word"),
+        ("name: x\nmodel: [1, 2]\n", "'model' must be a mapping"),
+        ("name: x\nmodel: {name: bert-tiny\n", "malformed YAML (line"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("name: x\nmax_concurrent_trials: 0\n", "'max_concurrent_trials' must be a positive integer"),
+    ],
+)
+def test_bad_files_give_one_line_errors(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    text = str(info.value)
+    assert message in text
+    assert str(path) in text
+    assert "\n" not in text
+
+
+def test_error_names_the_grid_cell(tmp_path):
+    path = write(tmp_path, "name: x\ncompute: {global_batch_size: 8}\naxes: {compute.num_workers: [1, 3]}\n")
+    with pytest.raises(SpecError, match=r"\[in grid cell compute.num_workers=3, train.seed=0\]"):
+        load_spec(path)
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(SpecError, match="no such search-space file"):
+        load_spec(tmp_path / "nope.yaml")
+    path = write(tmp_path, GOOD)
+    with pytest.raises(SpecError, match="unknown setting 'train.lrr'; did you mean 'train.lr'"):
+        load_spec(path, ["train.lrr=1"])
+    with pytest.raises(SpecError, match="not of the form key=value"):
+        load_spec(path, ["train.lr"])
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("train.lr=3e-5") == ("train.lr", 3e-5)
+    assert parse_override("axes.compute.num_workers=[1, 2]") == ("axes.compute.num_workers", [1, 2])
+    assert parse_override("compute.use_gpu=true") == ("compute.use_gpu", True)
+    assert parse_override("model.name=bert-base") == ("model.name", "bert-base")
+
+
+@pytest.mark.parametrize(
+    ("scaling", "workers", "per_worker", "global_", "micro", "accum"),
+    [
+        ({"global_batch_size": 32}, 1, 32, 32, 32, 1),
+        ({"global_batch_size": 32}, 4, 8, 32, 8, 1),
+        ({"global_batch_size": 64, "max_micro_batch_size": 16}, 2, 32, 64, 16, 2),
+        ({"batch_scaling": "weak", "per_worker_batch_size": 16}, 4, 16, 64, 16, 1),
+    ],
+)
+def test_batch_arithmetic(scaling, workers, per_worker, global_, micro, accum):
+    compute = ComputeConfig(num_workers=workers, **scaling)
+    assert compute.per_worker_batch() == per_worker
+    assert compute.global_batch() == global_
+    assert compute.micro_batch() == micro
+    assert compute.accumulation_steps() == accum
+    if compute.batch_scaling is BatchScaling.strong:
+        assert compute.global_batch() == scaling["global_batch_size"]
+
+
+def test_trial_resources_are_the_whole_gang():
+    compute = ComputeConfig(num_workers=4, use_gpu=True, cpus_per_worker=2, gpus_per_worker=1)
+    assert compute.worker_resources() == {"CPU": 2, "GPU": 1}
+    assert compute.trial_resources() == {"CPU": 8, "GPU": 4}

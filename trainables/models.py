@@ -1,0 +1,119 @@
+"""Tokenizers and sequence-classification models for one trial, from the hub or local assets."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers.trainers import WordPieceTrainer
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertTokenizerFast,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from orchestrator.config import ModelConfig
+from trainables.data import TaskData
+
+log = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_tokenizer(cfg: ModelConfig, task: TaskData, cache_dir: Path) -> PreTrainedTokenizerBase:
+    """The model's own tokenizer, or a WordPiece one trained on the task (see ModelConfig)."""
+    if cfg.tokenizer == "wordpiece":
+        return _trained_wordpiece(task, cfg.wordpiece_vocab_size, cache_dir)
+    source = cfg.source if cfg.tokenizer == "auto" else cfg.tokenizer
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        if not (cfg.from_scratch and cfg.tokenizer == "auto"):
+            first_line = str(err).strip().splitlines()[0]
+            raise OSError(f"cannot load the tokenizer of {source!r}: {first_line}") from err
+        log.warning("no tokenizer for %r (%s); training WordPiece on the task text", source, err)
+        return _trained_wordpiece(task, cfg.wordpiece_vocab_size, cache_dir)
+
+
+def _trained_wordpiece(task: TaskData, vocab_size: int, cache_dir: Path) -> BertTokenizerFast:
+    """Train (once per data and vocab size, cached on disk) an uncased BERT WordPiece tokenizer."""
+    key = hashlib.sha256(f"{task.fingerprint}|wordpiece|{vocab_size}".encode()).hexdigest()[:16]
+    target = cache_dir / "tokenizers" / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not target.exists():
+            tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+            tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+            tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            tokenizer.decoder = decoders.WordPiece()
+            trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+            columns = task.text_columns
+            texts = (row[c] for row in task.train.select_columns(list(columns)) for c in columns)
+            tokenizer.train_from_iterator(texts, trainer=trainer, length=len(task.train))
+            cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single="[CLS] $A [SEP]",
+                pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+            )
+            fast = BertTokenizerFast(tokenizer_object=tokenizer, do_lower_case=True)
+            # Write beside the target and rename, so a reader never sees half a tokenizer.
+            tmp = Path(tempfile.mkdtemp(dir=target.parent))
+            fast.save_pretrained(tmp)
+            tmp.rename(target)
+    return BertTokenizerFast.from_pretrained(target)
+
+
+def build_model(
+    cfg: ModelConfig, *, num_labels: int, problem_type: str, vocab_size: int, pad_token_id: int
+) -> PreTrainedModel:
+    """AutoModelForSequenceClassification: pretrained weights (optionally truncated), or random."""
+    hf_problem_type = "regression" if problem_type == "regression" else "single_label_classification"
+    labels = {"num_labels": num_labels, "problem_type": hf_problem_type}
+    layers = {"num_hidden_layers": cfg.num_layers} if cfg.num_layers else {}
+    try:
+        if not cfg.from_scratch:
+            # Extra kwargs update the checkpoint's config; with fewer layers the rest are dropped.
+            return AutoModelForSequenceClassification.from_pretrained(
+                cfg.source, **labels, **layers
+            )
+        config = None if cfg.ladder else AutoConfig.from_pretrained(cfg.source, **labels, **layers)
+    except OSError as err:
+        first_line = str(err).strip().splitlines()[0]
+        raise OSError(f"cannot load model {cfg.source!r}: {first_line}") from err
+    if cfg.ladder:
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=cfg.ladder.hidden_size,
+            num_hidden_layers=cfg.num_layers or cfg.ladder.num_layers,
+            num_attention_heads=cfg.ladder.num_heads,
+            intermediate_size=4 * cfg.ladder.hidden_size,
+            pad_token_id=pad_token_id,
+            **labels,
+        )
+    else:
+        config.vocab_size = vocab_size
+        config.pad_token_id = pad_token_id
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(total, non-embedding) parameter counts; non-embedding excludes token, position and
+    segment embeddings (the convention of Kaplan et al. 2020 scaling laws)."""
+    total = sum(p.numel() for p in model.parameters())
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    if embeddings is None:
+        embeddings = model.get_input_embeddings()
+    embedding = sum(
+        p.numel() for name, p in embeddings.named_parameters() if "LayerNorm" not in name
+    )
+    return total, total - embedding
