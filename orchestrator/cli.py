@@ -6,6 +6,7 @@ Examples:
   scalesweep run search_spaces/mrpc_bert_ladder.yaml train.lr=3e-5 --address auto
   scalesweep run search_spaces/quickstart.yaml 'axes.model.name=[bert-tiny]' -o experiments/try1
   scalesweep results experiments/quickstart
+  scalesweep analyze experiments/quickstart --target 0.8 --price-per-gpu-hour 2.5
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from orchestrator.errors import UserError
 from orchestrator.experiment import ExperimentDir
 from orchestrator.plan import plan_rows, render_plan
 from orchestrator.spec import SpecError, load_spec
@@ -38,7 +40,9 @@ def _free_experiment_dir(base: Path) -> Path:
     return candidate
 
 
-def cmd_run(file: Path, overrides: list[str], experiment_dir: Path | None, address: str | None) -> int:
+def cmd_run(
+    file: Path, overrides: list[str], experiment_dir: Path | None, address: str | None
+) -> int:
     """Run the sweep on local Ray (default) or a cluster, writing the experiment directory."""
     spec = load_spec(file, overrides)
     plan_rows(spec)  # fails early on missing data files, before Ray starts
@@ -69,6 +73,35 @@ def cmd_results(experiment_dir: Path) -> int:
     return 0
 
 
+def cmd_analyze(
+    experiment_dir: Path,
+    *,
+    metric: str | None = None,
+    target: float | None = None,
+    epsilon: float = 0.01,
+    price_per_gpu_hour: float | None = None,
+    time_budget_s: float | None = None,
+    money_budget: float | None = None,
+    model: str | None = None,
+) -> int:
+    """Fit scaling laws, plot the curves, write the report and print the recommendation."""
+    from orchestrator.analysis import analyze  # pandas/scipy/matplotlib: only for this command
+
+    result = analyze(
+        experiment_dir,
+        metric=metric,
+        target=target,
+        epsilon=epsilon,
+        price_per_gpu_hour=price_per_gpu_hour,
+        time_budget_s=time_budget_s,
+        money_budget=money_budget,
+        model=model,
+    )
+    print(result.render_terminal())
+    print(f"\nreport: {result.paths['report.html']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scalesweep",
@@ -87,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("file", type=Path, help="search-space YAML file")
     run.add_argument("overrides", nargs="*", help=overrides_help)
     run.add_argument(
-        "-o", "--experiment-dir", type=Path,
+        "-o",
+        "--experiment-dir",
+        type=Path,
         help="where results go (default: <storage_path>/<name>, suffixed _2, _3... if taken)",
     )
     run.add_argument(
@@ -98,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     results = commands.add_parser("results", help=cmd_results.__doc__)
     results.add_argument("experiment_dir", type=Path)
+
+    analyze = commands.add_parser("analyze", help=cmd_analyze.__doc__)
+    analyze.add_argument("experiment_dir", type=Path)
+    analyze.add_argument(
+        "--metric", help="metric to analyse (default: the task's primary; 'loss' for eval loss)"
+    )
+    analyze.add_argument("--target", type=float, help="metric a recommended model must reach")
+    analyze.add_argument(
+        "--epsilon", type=float, default=0.01, help="tolerance to the best metric (default 0.01)"
+    )
+    analyze.add_argument("--price-per-gpu-hour", type=float, help="turns GPU-hours into money")
+    analyze.add_argument("--time-budget-s", type=float, help="wall-time budget per trial")
+    analyze.add_argument("--money-budget", type=float, help="money budget per trial")
+    analyze.add_argument("--model", help="model for the data-fraction recommendation")
     return parser
 
 
@@ -109,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             address = args.address or os.environ.get("RAY_ADDRESS")
             return cmd_run(args.file, args.overrides, args.experiment_dir, address)
+        if args.command == "analyze":
+            options = {
+                k: v for k, v in vars(args).items() if k not in ("command", "experiment_dir")
+            }
+            return cmd_analyze(args.experiment_dir, **options)
         return cmd_results(args.experiment_dir)
-    except (SpecError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
 

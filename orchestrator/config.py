@@ -8,7 +8,7 @@ and the trainables rebuild them from the plain dict a Tune trial receives. Deriv
 from __future__ import annotations
 
 import os
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,10 +17,10 @@ __all__ = [
     "BERT_LADDER",
     "GLUE_FILES",
     "GLUE_TASKS",
-    "GlueFiles",
     "BatchScaling",
     "ComputeConfig",
     "DataConfig",
+    "GlueFiles",
     "LadderEntry",
     "ModelConfig",
     "Precision",
@@ -53,7 +53,6 @@ BERT_LADDER: dict[str, LadderEntry] = {
         ("bert-large", "google-bert/bert-large-uncased", 24, 1024, 16),
     ]
 }
-
 
 
 class GlueFiles(_Frozen):
@@ -167,7 +166,7 @@ class DataConfig(_Frozen):
         return max(1, round(self.train_fraction * full_size))
 
 
-class BatchScaling(str, Enum):
+class BatchScaling(StrEnum):
     """How the batch follows the worker count.
 
     strong: the global batch is fixed; each worker gets global / workers (same optimisation,
@@ -239,7 +238,7 @@ class ComputeConfig(_Frozen):
         return {k: v * self.num_workers for k, v in self.worker_resources().items()}
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
@@ -280,7 +279,9 @@ class TrialConfig(_Frozen):
         model = self.model.name.rstrip("/").rsplit("/", 1)[-1]
         if self.model.num_layers:
             model += f"-L{self.model.num_layers}"
-        return f"{model}·f{self.data.train_fraction:g}·w{self.compute.num_workers}·s{self.train.seed}"
+        return (
+            f"{model}·f{self.data.train_fraction:g}·w{self.compute.num_workers}·s{self.train.seed}"
+        )
 
     def primary_metric(self) -> str:
         """The metric that ranks trials: the task's customary headline number."""

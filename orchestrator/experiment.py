@@ -1,12 +1,12 @@
 """The experiment directory: the sweep's source of truth on disk (no Ray needed to read it).
 
-    <dir>/spec.yaml                     the resolved search space, overrides applied
-    <dir>/experiment.json               name, primary metric, axes, seeds, trial count
-    <dir>/results.csv                   one row per trial (rewritten as trials finish)
-    <dir>/trials/<trial_id>/config.json the trial's full config
-    <dir>/trials/<trial_id>/history.jsonl  one row per epoch, as reported
-    <dir>/trials/<trial_id>/error.txt   the traceback of a failed trial
-    <dir>/tune/, <dir>/train/           Ray Tune and Ray Train state (restore, checkpoints)
+<dir>/spec.yaml                     the resolved search space, overrides applied
+<dir>/experiment.json               name, primary metric, axes, seeds, trial count
+<dir>/results.csv                   one row per trial (rewritten as trials finish)
+<dir>/trials/<trial_id>/config.json the trial's full config
+<dir>/trials/<trial_id>/history.jsonl  one row per epoch, as reported
+<dir>/trials/<trial_id>/error.txt   the traceback of a failed trial
+<dir>/tune/, <dir>/train/           Ray Tune and Ray Train state (restore, checkpoints)
 """
 
 from __future__ import annotations
@@ -128,7 +128,9 @@ class ExperimentDir:
 
     def read_results(self) -> pd.DataFrame:
         if not self.results_csv.is_file():
-            raise FileNotFoundError(f"{self.path}: no results.csv (is this an experiment directory?)")
+            raise FileNotFoundError(
+                f"{self.path}: no results.csv (is this an experiment directory?)"
+            )
         return pd.read_csv(self.results_csv, keep_default_na=False, na_values=[""])
 
     def read_history(self, trial_id: str) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from orchestrator.config import GLUE_FILES, DataConfig, ModelConfig, TrialConfig
 from orchestrator.spec import SpecError, SweepSpec
 
-__all__ = ["PlanRow", "plan_rows", "render_plan", "bert_parameter_counts", "train_split_size"]
+__all__ = ["PlanRow", "bert_parameter_counts", "plan_rows", "render_plan", "train_split_size"]
 
 BERT_VOCAB = 30522
 MAX_POSITIONS = 512
@@ -29,8 +29,10 @@ def bert_parameter_counts(
     non_embedding = (
         layers * per_layer
         + 2 * hidden  # embedding LayerNorm
-        + hidden * hidden + hidden  # pooler
-        + hidden * num_labels + num_labels  # classifier
+        + hidden * hidden
+        + hidden  # pooler
+        + hidden * num_labels
+        + num_labels  # classifier
     )
     embedding = (vocab + MAX_POSITIONS + 2) * hidden
     return non_embedding + embedding, non_embedding
@@ -148,27 +150,46 @@ def _millions(n: int | None) -> str:
 
 def render_plan(spec: SweepSpec, rows: list[PlanRow]) -> str:
     """The plan as a fixed-width table plus totals."""
-    header = ("#", "trial", "params", "non-emb", "train ex", "workers", "batch", "per-worker",
-              "accum", "resources/worker")
+    header = (
+        "#",
+        "trial",
+        "params",
+        "non-emb",
+        "train ex",
+        "workers",
+        "batch",
+        "per-worker",
+        "accum",
+        "resources/worker",
+    )
     table = [header]
     for i, row in enumerate(rows, 1):
         c = row.trial.compute
-        table.append((
-            str(i), row.trial.label(), _millions(row.params_total),
-            _millions(row.params_non_embedding), str(row.train_examples), str(c.num_workers),
-            str(c.global_batch()), str(c.per_worker_batch()), str(c.accumulation_steps()),
-            row.resources(),
-        ))
+        table.append(
+            (
+                str(i),
+                row.trial.label(),
+                _millions(row.params_total),
+                _millions(row.params_non_embedding),
+                str(row.train_examples),
+                str(c.num_workers),
+                str(c.global_batch()),
+                str(c.per_worker_batch()),
+                str(c.accumulation_steps()),
+                row.resources(),
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in table]
     largest = max(rows, key=lambda r: sum(r.trial.compute.trial_resources().values()))
     gang = ", ".join(f"{v:g} {k}" for k, v in largest.trial.compute.trial_resources().items())
     example_epochs = sum(r.train_examples * r.trial.train.epochs for r in rows)
     scaling = {r.trial.compute.batch_scaling.value for r in rows}
+    cells = " x ".join(str(len(v)) for v in spec.axes.values()) or "1"
     lines += [
         "",
-        f"sweep {spec.name}: {len(rows)} trials ({' x '.join(str(len(v)) for v in spec.axes.values()) or '1'}"
-        f" cells x {len(spec.seeds)} seeds), batch scaling: {', '.join(sorted(scaling))}",
+        f"sweep {spec.name}: {len(rows)} trials ({cells} cells x {len(spec.seeds)} seeds), "
+        f"batch scaling: {', '.join(sorted(scaling))}",
         f"largest gang: {gang} ({largest.trial.label()})",
         f"training examples processed in total: {example_epochs:,} (examples x epochs)",
     ]

@@ -19,8 +19,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.config import BERT_LADDER, TrialConfig
+from orchestrator.errors import UserError
 
-__all__ = ["SpecError", "SweepSpec", "load_spec", "parse_override", "AXIS_FIELDS"]
+__all__ = ["AXIS_FIELDS", "SpecError", "SweepSpec", "load_spec", "parse_override"]
 
 SECTIONS = ("model", "data", "compute", "train")
 TOP_LEVEL_KEYS = (
@@ -34,7 +35,7 @@ TOP_LEVEL_KEYS = (
 )
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A problem with a search-space file or an override, phrased for the user in one line."""
 
 

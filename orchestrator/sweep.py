@@ -47,11 +47,11 @@ def max_concurrent_trials(spec: SweepSpec, cluster: Mapping[str, float]) -> int:
         for resource, amount in trial.compute.trial_resources().items():
             available = cluster.get(resource, 0)
             if amount > available:
+                workers = trial.compute.num_workers
                 raise SpecError(
-                    f"trial {trial.label()} needs {amount:g} {resource} at once "
-                    f"({trial.compute.num_workers} workers x {amount / trial.compute.num_workers:g})"
-                    f" but the cluster has {available:g}; lower compute.num_workers or "
-                    f"compute.cpus_per_worker, or add nodes"
+                    f"trial {trial.label()} needs {amount:g} {resource} at once ({workers} "
+                    f"workers x {amount / workers:g}) but the cluster has {available:g}; lower "
+                    f"compute.num_workers or compute.cpus_per_worker, or add nodes"
                 )
             limit = min(limit, available // amount)
     if spec.max_concurrent_trials:
@@ -100,8 +100,12 @@ class ExperimentWriter(tune.Callback):
         record.wall_s = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
         self._flush(trials)
         done = sum(r.status in ("TERMINATED", "ERROR") for r in self.records.values())
-        outcome = f"error: {error}" if error else _score(record.history[-1] if record.history else {})
-        print(f"[{done}/{self.total}] {_label(record)} {status} in {record.wall_s:.0f}s — {outcome}")
+        outcome = (
+            f"error: {error}" if error else _score(record.history[-1] if record.history else {})
+        )
+        print(
+            f"[{done}/{self.total}] {_label(record)} {status} in {record.wall_s:.0f}s — {outcome}"
+        )
 
     def on_trial_complete(self, iteration, trials, trial: Trial, **info) -> None:
         self._finish(trials, trial, "TERMINATED")

@@ -21,7 +21,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 from orchestrator.config import Precision, TrialConfig
-from trainables.data import TaskData, default_cache_dir, load_task_data, nested_subset, tokenize_cached
+from trainables.data import (
+    TaskData,
+    default_cache_dir,
+    load_task_data,
+    nested_subset,
+    tokenize_cached,
+)
 from trainables.metrics import build_metrics
 from trainables.models import build_model, build_tokenizer, count_parameters
 
@@ -61,18 +67,25 @@ def build_dataloaders(
     train_set = nested_subset(train_set, trial.data, trial.train.seed)
     validation_set = validation_set.select(range(rank, len(validation_set), world))
     # Dynamic padding: each batch is padded to its own longest sequence, never to max_length.
-    collate = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if device.type == "cuda" else None)
+    collate = DataCollatorWithPadding(
+        tokenizer, pad_to_multiple_of=8 if device.type == "cuda" else None
+    )
     sampler = DistributedSampler(
         train_set, num_replicas=world, rank=rank, shuffle=True, seed=trial.train.seed
     )
     pin = device.type == "cuda"
     train_loader = DataLoader(
-        train_set, batch_size=trial.compute.micro_batch(), sampler=sampler,
-        collate_fn=collate, pin_memory=pin,
+        train_set,
+        batch_size=trial.compute.micro_batch(),
+        sampler=sampler,
+        collate_fn=collate,
+        pin_memory=pin,
     )
     eval_loader = DataLoader(
-        validation_set, batch_size=max(64, trial.compute.micro_batch()),
-        collate_fn=collate, pin_memory=pin,
+        validation_set,
+        batch_size=max(64, trial.compute.micro_batch()),
+        collate_fn=collate,
+        pin_memory=pin,
     )
     return train_loader, eval_loader
 
@@ -80,7 +93,7 @@ def build_dataloaders(
 def build_optimizer(model: torch.nn.Module, trial: TrialConfig, total_steps: int, device):
     """AdamW (no decay on biases and LayerNorm) with linear warm-up then linear decay to 0."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         (no_decay if param.ndim < 2 else decay).append(param)
     groups = [
         {"params": decay, "weight_decay": trial.train.weight_decay},
@@ -107,7 +120,9 @@ def evaluate(model, loader, device, autocast, metrics, problem_type: str) -> dic
         references += batch["labels"].tolist()
     model.train()
     loss_sum, count = _all_reduce([loss_sum, count])
-    scores = metrics.compute(predictions=_all_gather(predictions), references=_all_gather(references))
+    scores = metrics.compute(
+        predictions=_all_gather(predictions), references=_all_gather(references)
+    )
     return {"eval_loss": loss_sum / count, **{f"eval_{k}": float(v) for k, v in scores.items()}}
 
 
@@ -131,19 +146,30 @@ def fit(
     tokenizer = build_tokenizer(trial.model, task, cache_dir)
     train_loader, eval_loader = build_dataloaders(trial, task, tokenizer, cache_dir, device)
     model = build_model(
-        trial.model, num_labels=task.num_labels, problem_type=task.problem_type,
-        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        trial.model,
+        num_labels=task.num_labels,
+        problem_type=task.problem_type,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
     ).to(device)
     params_total, params_non_embedding = count_parameters(model)
     if world > 1:
-        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        model = DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
 
     accumulation = trial.compute.accumulation_steps()
     steps_per_epoch = math.ceil(len(train_loader) / accumulation)
-    optimizer, scheduler = build_optimizer(model, trial, steps_per_epoch * trial.train.epochs, device)
-    dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(trial.train.precision)
+    optimizer, scheduler = build_optimizer(
+        model, trial, steps_per_epoch * trial.train.epochs, device
+    )
+    dtype = {Precision.bf16: torch.bfloat16, Precision.fp16: torch.float16}.get(
+        trial.train.precision
+    )
+
     def autocast():
         return torch.autocast("cuda", dtype=dtype) if dtype else nullcontext()
+
     scaler = torch.amp.GradScaler(enabled=trial.train.precision is Precision.fp16)
     metrics = build_metrics(task.metric_names)
     static = {
@@ -184,7 +210,9 @@ def fit(
         loss_sum, examples, tokens = _all_reduce([loss_sum, examples, tokens])
         (elapsed,) = _all_reduce([elapsed], op="max")
         train_time, examples_seen, train_tokens = (
-            train_time + elapsed, examples_seen + examples, train_tokens + tokens
+            train_time + elapsed,
+            examples_seen + examples,
+            train_tokens + tokens,
         )
         eval_start = time.perf_counter()
         scores = evaluate(model, eval_loader, device, autocast, metrics, task.problem_type)

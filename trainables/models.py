@@ -77,7 +77,9 @@ def build_model(
     cfg: ModelConfig, *, num_labels: int, problem_type: str, vocab_size: int, pad_token_id: int
 ) -> PreTrainedModel:
     """AutoModelForSequenceClassification: pretrained weights (optionally truncated), or random."""
-    hf_problem_type = "regression" if problem_type == "regression" else "single_label_classification"
+    hf_problem_type = (
+        "regression" if problem_type == "regression" else "single_label_classification"
+    )
     labels = {"num_labels": num_labels, "problem_type": hf_problem_type}
     layers = {"num_hidden_layers": cfg.num_layers} if cfg.num_layers else {}
     try:

@@ -31,23 +31,28 @@ def test_glue_train_sizes_from_local_files():
 
 
 def test_missing_glue_files_are_a_clear_error(tmp_path):
-    with pytest.raises(SpecError, match=r"MRPC/train.tsv not found \(expected the glue_data layout"):
+    with pytest.raises(
+        SpecError, match=r"MRPC/train.tsv not found \(expected the glue_data layout"
+    ):
         train_split_size(DataConfig(source="glue", task="mrpc", glue_dir=str(tmp_path)))
 
 
 def test_plan_rows_use_nested_fraction_sizes(tmp_path):
     path = tmp_path / "s.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         name: s
         data: {source: synthetic, synthetic_train_size: 1000}
         model: {from_scratch: true, tokenizer: wordpiece, wordpiece_vocab_size: 1000}
         axes: {data.train_fraction: [0.1, 0.25, 1.0]}
-    """))
+    """)
+    )
     rows = plan_rows(load_spec(path))
     assert [r.train_examples for r in rows] == [100, 250, 1000]
-    assert rows[0].params_total == bert_parameter_counts(
-        layers=2, hidden=128, vocab=1000, num_labels=2
-    )[0]
+    assert (
+        rows[0].params_total
+        == bert_parameter_counts(layers=2, hidden=128, vocab=1000, num_labels=2)[0]
+    )
 
 
 def test_plan_command_prints_the_table(capsys):

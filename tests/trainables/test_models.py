@@ -24,8 +24,9 @@ def synthetic_task():
 @pytest.mark.parametrize("name", ["bert-tiny", "bert-mini", "bert-small"])
 def test_from_scratch_ladder_counts_match_the_plan(name):
     cfg = ModelConfig(name=name, from_scratch=True)
-    model = build_model(cfg, num_labels=2, problem_type="classification", vocab_size=1000,
-                        pad_token_id=0)
+    model = build_model(
+        cfg, num_labels=2, problem_type="classification", vocab_size=1000, pad_token_id=0
+    )
     ladder = cfg.ladder
     assert model.config.num_hidden_layers == ladder.num_layers
     assert model.config.hidden_size == ladder.hidden_size
@@ -36,15 +37,28 @@ def test_from_scratch_ladder_counts_match_the_plan(name):
 
 
 def test_pretrained_minilm_truncated_to_k_layers_keeps_its_weights():
-    full = build_model(ModelConfig(name=str(MINILM)), num_labels=2,
-                       problem_type="classification", vocab_size=0, pad_token_id=0)
-    short = build_model(ModelConfig(name=str(MINILM), num_layers=2), num_labels=2,
-                        problem_type="classification", vocab_size=0, pad_token_id=0)
+    full = build_model(
+        ModelConfig(name=str(MINILM)),
+        num_labels=2,
+        problem_type="classification",
+        vocab_size=0,
+        pad_token_id=0,
+    )
+    short = build_model(
+        ModelConfig(name=str(MINILM), num_layers=2),
+        num_labels=2,
+        problem_type="classification",
+        vocab_size=0,
+        pad_token_id=0,
+    )
     assert full.config.num_hidden_layers == 6 and short.config.num_hidden_layers == 2
     assert len(short.bert.encoder.layer) == 2
     # The first layers are the pretrained ones, not a fresh init.
-    for a, b in zip(short.bert.encoder.layer[1].parameters(),
-                    full.bert.encoder.layer[1].parameters(), strict=True):
+    for a, b in zip(
+        short.bert.encoder.layer[1].parameters(),
+        full.bert.encoder.layer[1].parameters(),
+        strict=True,
+    ):
         assert torch.equal(a, b)
     total, non_embedding = count_parameters(full)
     assert total == 22_713_986  # all-MiniLM-L6-v2 + a 2-way classifier
@@ -52,8 +66,13 @@ def test_pretrained_minilm_truncated_to_k_layers_keeps_its_weights():
 
 
 def test_regression_head_has_one_output():
-    model = build_model(ModelConfig(name="bert-tiny", from_scratch=True), num_labels=1,
-                        problem_type="regression", vocab_size=500, pad_token_id=0)
+    model = build_model(
+        ModelConfig(name="bert-tiny", from_scratch=True),
+        num_labels=1,
+        problem_type="regression",
+        vocab_size=500,
+        pad_token_id=0,
+    )
     assert model.config.problem_type == "regression" and model.classifier.out_features == 1
 
 
@@ -64,8 +83,9 @@ def test_pretrained_tokenizer_loads_offline(synthetic_task, tmp_path):
 
 
 def test_wordpiece_is_trained_once_and_encodes_pairs(synthetic_task, tmp_path):
-    cfg = ModelConfig(name="bert-tiny", from_scratch=True, tokenizer="wordpiece",
-                      wordpiece_vocab_size=400)
+    cfg = ModelConfig(
+        name="bert-tiny", from_scratch=True, tokenizer="wordpiece", wordpiece_vocab_size=400
+    )
     tokenizer = build_tokenizer(cfg, synthetic_task, tmp_path)
     assert 100 < len(tokenizer) <= 400
     cached = list((tmp_path / "tokenizers").iterdir())
@@ -81,5 +101,10 @@ def test_wordpiece_is_trained_once_and_encodes_pairs(synthetic_task, tmp_path):
 
 def test_unloadable_model_names_the_model(tmp_path):
     with pytest.raises(OSError, match="cannot load model 'no-such-org/no-such-model'"):
-        build_model(ModelConfig(name="no-such-org/no-such-model", from_scratch=True),
-                    num_labels=2, problem_type="classification", vocab_size=100, pad_token_id=0)
+        build_model(
+            ModelConfig(name="no-such-org/no-such-model", from_scratch=True),
+            num_labels=2,
+            problem_type="classification",
+            vocab_size=100,
+            pad_token_id=0,
+        )

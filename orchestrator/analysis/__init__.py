@@ -1,0 +1,24 @@
+"""Scaling analysis of a finished sweep: fitted laws, plots, a report and a recommendation.
+
+Reads the experiment directory from disk only (numpy, scipy, pandas, matplotlib; never ray,
+torch or transformers), so it runs on a laptop after the sweep ran on a cluster::
+
+    from orchestrator.analysis import analyze
+    result = analyze(Path("experiments/quickstart"), target=0.8)
+    print(result.render_terminal())
+"""
+
+from orchestrator.analysis._analyze import AnalysisResult, analyze
+from orchestrator.analysis._errors import AnalysisError
+from orchestrator.analysis._fits import Fit, FitKind, fit_amdahl, fit_joint_power_law, fit_power_law
+
+__all__ = [
+    "AnalysisError",
+    "AnalysisResult",
+    "Fit",
+    "FitKind",
+    "analyze",
+    "fit_amdahl",
+    "fit_joint_power_law",
+    "fit_power_law",
+]

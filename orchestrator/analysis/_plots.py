@@ -1,0 +1,356 @@
+"""The figures, each saved as PNG (for the HTML report) and SVG (for papers and slides).
+
+Figures are built on ``matplotlib.figure.Figure`` with an explicit Agg canvas rather than
+through pyplot: no global backend switch in the caller's process, no figure registry to leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from orchestrator.analysis import _format
+from orchestrator.analysis._curves import Curve, JointFit, groups
+from orchestrator.analysis._table import DATA, MODEL, WORKERS, Table
+
+__all__ = [
+    "Plot",
+    "plot_compute",
+    "plot_data_axis",
+    "plot_frontier",
+    "plot_joint",
+    "plot_learning_curves",
+    "plot_model_axis",
+]
+
+_DPI = 110
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A written figure and the sentence that tells a reader how to read it."""
+
+    name: str
+    title: str
+    caption: str
+    png: Path
+    svg: Path
+
+
+def _figure(
+    ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (7.5, 4.8)
+) -> tuple[Figure, np.ndarray]:
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(nrows, ncols, squeeze=False).ravel()
+
+
+def _save(figure: Figure, out: Path, name: str, title: str, caption: str) -> Plot:
+    figure.tight_layout()
+    png, svg = out / f"{name}.png", out / f"{name}.svg"
+    figure.savefig(png, dpi=_DPI)
+    figure.savefig(svg, metadata={"Date": None})  # no timestamp: reruns give identical files
+    return Plot(name=name, title=title, caption=caption, png=png, svg=svg)
+
+
+def _log_y_if_positive(ax: Axes, values: Sequence[float]) -> None:
+    low, high = np.nanmin(values), np.nanmax(values)
+    if low <= 0:
+        return
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    # Errors often span less than a decade, where no major tick would be labelled at all.
+    if high / low < 10:
+        ax.yaxis.set_minor_formatter(plain)
+
+
+def _worker_axis(ax: Axes, workers: Sequence[int], *, y_too: bool = False) -> None:
+    """Log-2 scale with a tick at each swept worker count, labelled as a plain integer."""
+    ticks, labels = sorted(set(workers)), [str(w) for w in sorted(set(workers))]
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, labels)
+    if y_too:
+        ax.set_yscale("log", base=2)
+        ax.set_yticks(ticks, labels)
+    ax.minorticks_off()
+    ax.set_xlabel("workers")
+
+
+def _curves_panel(ax: Axes, curves: list[Curve], x_label: str, y_label: str) -> None:
+    """Seed means with std error bars, and each curve's fitted law across its x range."""
+    for curve, color in zip(curves, _colors(len(curves)), strict=True):
+        points = curve.points
+        if curve.fit is not None:
+            label = f"{curve.label}: {curve.fit.equation()}, R² = {curve.fit.r2:.3f}"
+        else:
+            label = f"{curve.label} (no fit: see the fitted-laws table)"
+        ax.errorbar(
+            points["x"],
+            points["mean"],
+            yerr=points["std"].fillna(0.0),
+            fmt="o",
+            color=color,
+            capsize=3,
+            label=label,
+        )
+        if curve.fit is not None:
+            x = np.geomspace(points["x"].min() / 1.3, points["x"].max() * 1.3, 200)
+            ax.plot(x, curve.fit.predict(x), "-", color=color, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
+def _colors(n: int) -> list[tuple[float, ...]]:
+    cmap = colormaps["viridis" if n > 10 else "tab10"]
+    return [cmap(i / max(n - 1, 1)) if n > 10 else cmap(i) for i in range(n)]
+
+
+def plot_model_axis(table: Table, curves: list[Curve], out: Path) -> Plot:
+    figure, (ax,) = _figure()
+    _curves_panel(ax, curves, "non-embedding parameters N", f"error ({table.metric.error_label})")
+    _log_y_if_positive(ax, pd.concat([c.points["mean"] for c in curves]))
+    for _, point in curves[0].points.iterrows():
+        ax.annotate(
+            str(point["name"]),
+            (point["x"], point["mean"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    workers = _format.workers(table.reference_workers)
+    ax.set_title(f"Error vs model size, one curve per data fraction ({workers})")
+    return _save(
+        figure,
+        out,
+        "model_axis",
+        "Model size",
+        "Error against non-embedding parameters (log-log), one colour per training-data fraction; "
+        "points are seed means with ±1 std error bars, lines the fitted E(N) = E_inf + A·N^-alpha. "
+        "A steeper curve means a bigger model pays off more; a flat one that E_inf dominates.",
+    )
+
+
+def plot_data_axis(table: Table, curves: list[Curve], out: Path) -> Plot:
+    figure, (ax,) = _figure()
+    _curves_panel(ax, curves, "training examples D", f"error ({table.metric.error_label})")
+    _log_y_if_positive(ax, pd.concat([c.points["mean"] for c in curves]))
+    workers = _format.workers(table.reference_workers)
+    ax.set_title(f"Error vs training data, one curve per model ({workers})")
+    return _save(
+        figure,
+        out,
+        "data_axis",
+        "Training data",
+        "Error against training examples (log-log), one colour per model, with the fitted "
+        "E(D) = E_inf + B·D^-beta. Where a curve has flattened, more data of this kind buys little "
+        "for that model.",
+    )
+
+
+def plot_joint(table: Table, joint: JointFit, out: Path) -> Plot:
+    figure, (ax,) = _figure(size=(6.0, 5.4))
+    fit, observed = joint.fit, joint.observed
+    assert fit is not None
+    predicted = fit.predict(observed["N"], observed["D"])
+    ax.scatter(
+        predicted,
+        observed["error"],
+        s=18,
+        alpha=0.8,
+        label=f"{fit.equation()}\nR² = {fit.r2:.3f}, {fit.n_points} trials",
+    )
+    low = float(min(predicted.min(), observed["error"].min())) * 0.95
+    high = float(max(predicted.max(), observed["error"].max())) * 1.05
+    ax.plot([low, high], [low, high], "k--", lw=1, label="perfect fit")
+    ax.set_xlabel(f"predicted error E(N, D) ({table.metric.error_label})")
+    ax.set_ylabel(f"observed error ({table.metric.error_label})")
+    ax.set_title("Joint fit E(N, D) = E + A/N^alpha + B/D^beta")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    suffix = "".join(f"_{_format.value(v)}" for v in joint.key.values())
+    return _save(
+        figure,
+        out,
+        f"joint_fit{suffix}",
+        "Joint model × data fit",
+        "Every trial's observed error against the joint law's prediction; points on the dashed "
+        "diagonal are explained by model size and data alone. E is the error no model or data "
+        "size in this family removes; alpha and beta say which of the two scales faster.",
+    )
+
+
+def plot_compute(
+    table: Table,
+    amdahl: dict[str, list[Curve]],
+    speedups: pd.DataFrame,
+    flags: list[dict],
+    out: Path,
+) -> Plot:
+    figure, axes = _figure(ncols=2, nrows=2, size=(11.0, 8.5))
+    workers = speedups[WORKERS].unique()
+    clocks = {"train_time_s": "training loop", "trial_wall_s": "whole trial"}
+    for ax, (time, curves) in zip(axes[:2], amdahl.items(), strict=True):
+        ax.plot(sorted(workers), sorted(workers), "k:", lw=1, label="ideal (linear)")
+        for curve, color in zip(curves, _colors(len(curves)), strict=True):
+            p = curve.points
+            if curve.fit is None:
+                label = f"{curve.label} (no fit: see the fitted-laws table)"
+            else:
+                label = f"{curve.label}: s = {curve.fit.params['s']:.3f}, R² = {curve.fit.r2:.2f}"
+            ax.errorbar(
+                p["x"],
+                p["mean"],
+                yerr=p["std"].fillna(0.0),
+                fmt="o",
+                color=color,
+                capsize=3,
+                label=label,
+            )
+            if curve.fit is not None:
+                w = np.geomspace(p["x"].min(), p["x"].max(), 100)
+                ax.plot(w, curve.fit.predict(w), "-", color=color, alpha=0.8)
+        _worker_axis(ax, workers, y_too=True)
+        ax.set_ylabel(f"speed-up T(w0)/T(w), {time}")
+        ax.set_title(f"Speed-up of the {clocks[time]}, with Amdahl fits")
+
+    throughput, quality = axes[2], axes[3]
+    full = speedups[DATA].max()
+    at_full = speedups[speedups[DATA] == full].sort_values(["params", WORKERS])
+    models = list(dict.fromkeys(at_full[MODEL]))
+    for model, color in zip(models, _colors(len(models)), strict=True):
+        rows = at_full[at_full[MODEL] == model]
+        throughput.plot(
+            rows[WORKERS], rows["examples_per_s_per_worker"], "o-", color=color, label=model
+        )
+        quality.errorbar(
+            rows[WORKERS],
+            rows["metric_mean"],
+            yerr=rows["metric_std"].fillna(0.0),
+            fmt="o-",
+            color=color,
+            capsize=3,
+            label=model,
+        )
+    for flag in flags:
+        if flag[DATA] == full:
+            quality.scatter(
+                [flag[WORKERS]],
+                [flag["metric_mean"]],
+                s=160,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=2,
+                zorder=3,
+            )
+    throughput.set_ylabel("examples/s per worker")
+    throughput.set_title(f"Throughput per worker ({_format.fraction(full)} data)")
+    quality.set_ylabel(f"final {table.metric.name} (mean ± std over seeds)")
+    quality.set_title(f"Strong-scaling check ({_format.fraction(full)} data; red = flagged)")
+    for ax in (throughput, quality):
+        _worker_axis(ax, workers)
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(
+        figure,
+        out,
+        "compute_axis",
+        "Compute",
+        "Top: speed-up over the fewest workers, at each model's largest data fraction, for the "
+        "training loop and for the whole trial (start-up included), with Amdahl fits "
+        "(s = serial fraction) and the ideal line. Bottom left: throughput per worker, flat when "
+        "scaling is perfect. Bottom right: the final metric per worker count, which at a fixed "
+        "global batch should not move beyond seed noise; cells circled red differ significantly "
+        "(flags at other data fractions are listed in the Compute table).",
+    )
+
+
+def plot_frontier(table: Table, frontier: list[dict], out: Path) -> Plot:
+    figure, (ax,) = _figure()
+    quality = table.cells[table.cells[WORKERS] == table.reference_workers]
+    models = list(dict.fromkeys(quality.sort_values("params")[MODEL]))
+    for model, color in zip(models, _colors(len(models)), strict=True):
+        rows = quality[quality[MODEL] == model]
+        ax.errorbar(
+            rows["flops"],
+            rows["error_mean"],
+            yerr=rows["error_std"].fillna(0.0),
+            fmt="o",
+            color=color,
+            capsize=3,
+            label=model,
+        )
+    line = pd.DataFrame(frontier)
+    ax.step(
+        line["flops"], line["error_mean"], where="post", color="black", lw=1.2, label="frontier"
+    )
+    ax.set_xscale("log")
+    _log_y_if_positive(ax, quality["error_mean"])
+    ax.set_xlabel("training FLOPs ≈ 6 · N_non-embedding · tokens")
+    ax.set_ylabel(f"error ({table.metric.error_label})")
+    ax.set_title("Compute-quality frontier (every model × data cell)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(
+        figure,
+        out,
+        "cost_frontier",
+        "Compute-quality frontier",
+        "Error against estimated training FLOPs for every model × data cell; the black steps join "
+        "the cells no cheaper cell beats. A cell above the line wastes compute: some smaller model "
+        "or data fraction did as well for less.",
+    )
+
+
+def plot_learning_curves(table: Table, out: Path) -> Plot | None:
+    history = table.experiment.history
+    if history.empty or table.metric.column not in history.columns:
+        return None
+    ok = table.ok
+    full = ok[(ok[WORKERS] == table.reference_workers) & (ok[DATA] == ok[DATA].max())]
+    series = [MODEL, *table.extra_axes]
+    epochs = history.merge(full[["trial_id", *series]], on="trial_id")
+    if epochs.empty:
+        return None
+    epochs["error_value"] = table.metric.error(epochs[table.metric.column])
+    figure, (ax,) = _figure()
+    lines = list(groups(epochs, series))
+    for (key, trials), color in zip(lines, _colors(len(lines)), strict=True):
+        per_epoch = trials.groupby("epoch")["error_value"].agg(["mean", "std"])
+        ax.errorbar(
+            per_epoch.index,
+            per_epoch["mean"],
+            yerr=per_epoch["std"].fillna(0.0),
+            fmt="o-",
+            color=color,
+            capsize=3,
+            label=", ".join(_format.value(v) for v in key.values()),
+        )
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(f"eval error ({table.metric.error_label})")
+    ax.set_title(f"Learning curves at {_format.fraction(full[DATA].max())} data")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(
+        figure,
+        out,
+        "learning_curves",
+        "Learning curves",
+        "Eval error after each epoch (mean ± std over seeds) at the largest data fraction. A curve "
+        "still falling at the last epoch means the scaling points understate what longer training "
+        "would reach.",
+    )

@@ -1,0 +1,383 @@
+"""summary.json, report.md, a self-contained report.html and the terminal summary.
+
+All three human-readable forms are rendered from the summary dict through one list of
+sections, so they cannot disagree; only the markup differs. The HTML embeds its PNGs as base64
+data URIs so that it survives being mailed or uploaded on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.analysis import _format
+from orchestrator.analysis._compute import TIMES
+from orchestrator.analysis._table import DATA, MODEL, WORKERS
+
+__all__ = ["jsonable", "render_terminal", "write_html", "write_markdown", "write_summary"]
+
+
+@dataclass(frozen=True)
+class _Section:
+    title: str
+    paragraphs: tuple[str, ...] = ()
+    bullets: tuple[str, ...] = ()
+    header: tuple[str, ...] = ()
+    rows: tuple[tuple[str, ...], ...] = ()
+    plots: tuple[dict[str, str], ...] = ()
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+
+def jsonable(value: Any) -> Any:
+    """numpy scalars to Python, NaN to null (JSON has no NaN), tuples and paths to lists/str."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    value = _format.plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def render_terminal(summary: dict[str, Any]) -> str:
+    """The recommendation, then one row per model at the largest data fraction."""
+    lines = [
+        f"Scaling analysis of {summary['experiment']['name']} ({summary['experiment']['metric']})"
+    ]
+    lines += [f"  {a['question']}: {a['text']}" for a in summary["recommendation"].values()]
+    header, rows = _model_rows(summary)
+    widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=True)]
+    lines.append("")
+    for row in (header, *rows):
+        lines.append(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        )
+    trials = summary["trials"]
+    status = f"{trials['finished']} of {trials['in_results']} trials finished"
+    if trials["failed"]:
+        status += f", {trials['failed']} failed"
+    if summary["missing_cells"]:
+        status += f"; {len(summary['missing_cells'])} cell(s) missing seeds"
+    lines += ["", status, f"Report: {summary['outputs']['report.html']}"]
+    return "\n".join(lines)
+
+
+def _model_rows(summary: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """One row per model at the largest fraction: its best cell over any extra axes."""
+    extra = summary["experiment"]["extra_axes"]
+    best: dict[str, dict[str, Any]] = {}
+    for c in summary["cells"]:
+        at_full = c[WORKERS] == summary["reference_workers"] and c[DATA] == summary["full_fraction"]
+        if at_full and (c[MODEL] not in best or c["error_mean"] < best[c[MODEL]]["error_mean"]):
+            best[c[MODEL]] = c
+    header = (
+        "model",
+        *extra,
+        "params",
+        summary["experiment"]["metric"],
+        "seeds",
+        "wall/run",
+        summary["cost"]["unit"] + "/run",
+    )
+    rows = [
+        (
+            c[MODEL],
+            *(_format.value(c[a]) for a in extra),
+            _format.count(c["params"]),
+            _format.metric(c["metric_mean"], c["metric_std"]),
+            str(c["n"]),
+            _format.seconds(c["trial_wall_s"]),
+            _format.hours(c["hours"]),
+        )
+        for c in sorted(best.values(), key=lambda c: c["params"])
+    ]
+    return header, rows
+
+
+def _sections(summary: dict[str, Any]) -> list[_Section]:
+    experiment, trials = summary["experiment"], summary["trials"]
+    sections = [
+        _Section(
+            "Recommendation",
+            bullets=tuple(
+                f"**{a['question']}:** {a['text']}" for a in summary["recommendation"].values()
+            ),
+        )
+    ]
+    header, rows = _model_rows(summary)
+    sections.append(
+        _Section(
+            f"Models at {_format.fraction(summary['full_fraction'])} data, "
+            f"{_format.workers(summary['reference_workers'])}",
+            header=header,
+            rows=tuple(rows),
+        )
+    )
+    sweep = [
+        f"Experiment `{experiment['name']}`: metric **{experiment['metric']}**, error = "
+        f"{experiment['error']}; axes {', '.join(experiment['axes'])}; "
+        f"seeds {experiment['seeds']}.",
+        f"{trials['finished']} of {trials['in_results']} trials in results.csv finished "
+        f"({experiment['num_trials_planned']} planned), {trials['failed']} failed, "
+        f"{trials['unfinished']} unfinished. Quality curves use "
+        f"{_format.workers(summary['reference_workers'])}, the fewest that ran.",
+        *summary["notes"],
+    ]
+    sections.append(_Section("Sweep", paragraphs=tuple(sweep)))
+    if summary["missing_cells"]:
+        sections.append(
+            _Section(
+                "Failed or missing cells",
+                header=("cell", "seeds ok", "reason"),
+                rows=tuple(
+                    (
+                        ", ".join(f"{k}={_format.value(v)}" for k, v in m["cell"].items()),
+                        f"{m['seeds_ok']}/{m['seeds_expected']}",
+                        m["reason"],
+                    )
+                    for m in summary["missing_cells"]
+                ),
+            )
+        )
+    sections += [
+        _Section(p["title"], paragraphs=(p["caption"],), plots=(p,))
+        for p in summary["plots"].values()
+    ]
+    sections.append(_fits_section(summary["fits"]))
+    sections.append(_compute_section(summary))
+    sections.append(_cost_section(summary))
+    sections.append(_cells_section(summary))
+    return sections
+
+
+def _fits_section(fits: dict[str, Any]) -> _Section:
+    rows, notes = [], []
+    entries = (
+        [("model axis", c) for c in fits["model_axis"]["curves"]]
+        + [("data axis", c) for c in fits["data_axis"]["curves"]]
+        + [("joint", j) for j in fits["joint"]]
+        + [(f"Amdahl ({time})", c) for time in TIMES for c in fits["amdahl"].get(time, [])]
+    )
+    for axis, entry in entries:
+        series = (
+            ", ".join(f"{k.rsplit('.', 1)[-1]}={_format.value(v)}" for k, v in entry["key"].items())
+            or "all"
+        )
+        fit = entry["fit"]
+        if fit is None:
+            rows.append((axis, series, "refused", entry["refusal"], "", ""))
+            continue
+        exponents = [k for k in ("alpha", "beta", "s") if k in fit["params"]]
+        ci = fit["ci95"] or {}
+        shown = "; ".join(
+            f"{k} = {fit['params'][k]:.3g}"
+            + (f" [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" if k in ci else "")
+            for k in exponents
+        )
+        rows.append(
+            (axis, series, fit["equation"], shown, f"{fit['r2']:.3f}", str(fit["n_points"]))
+        )
+        notes += [f"{axis}, {series}: {n}" for n in fit["notes"]]
+    notes += [
+        fits[axis]["refusal"]
+        for axis in ("model_axis", "data_axis", "amdahl")
+        if fits[axis]["refusal"]
+    ]
+    return _Section(
+        "Fitted laws",
+        paragraphs=(
+            "Exponents with 95 % intervals in brackets, from refits to the fitted curve plus "
+            "resampled residuals (a residual bootstrap). With two or three seeds and one decade "
+            "per axis, read them as rough.",
+            *notes,
+        ),
+        header=("axis", "series", "law", "exponent [95 % CI]", "R²", "trials"),
+        rows=tuple(rows),
+    )
+
+
+def _compute_section(summary: dict[str, Any]) -> _Section:
+    check = summary["compute"]["strong_scaling"]
+    paragraphs = [f"Strong-scaling check: **{check['status']}** ({check['message']})."]
+    paragraphs += [
+        f"Flagged: {f[MODEL]} at {_format.fraction(f[DATA])} data, {f[WORKERS]} workers: "
+        f"{summary['experiment']['metric']} {f['metric_mean']:.4f} vs "
+        f"{f['reference_metric_mean']:.4f} with {f['reference_workers']} (p = {f['p_value']:.2g}); "
+        "check the batch and learning-rate arithmetic for this worker count."
+        for f in check["flags"]
+    ]
+    rows = tuple(
+        (
+            c[MODEL],
+            _format.fraction(c[DATA]),
+            str(c[WORKERS]),
+            _format.seconds(c["train_time_s"]),
+            _format.seconds(c["trial_wall_s"]),
+            f"{c['speedup_train_time_s']:.2f}×",
+            f"{c['speedup_trial_wall_s']:.2f}×",
+            f"{c['efficiency_trial_wall_s']:.0%}",
+            f"{c['examples_per_s_per_worker']:.1f}",
+        )
+        for c in summary["compute"]["cells"]
+    )
+    return _Section(
+        "Compute",
+        paragraphs=tuple(paragraphs),
+        header=(
+            "model",
+            "data",
+            "workers",
+            "train loop",
+            "whole trial",
+            "speed-up (loop)",
+            "speed-up (trial)",
+            "efficiency (trial)",
+            "examples/s/worker",
+        ),
+        rows=rows,
+    )
+
+
+def _cost_section(summary: dict[str, Any]) -> _Section:
+    cost = summary["cost"]
+    paragraphs = [
+        f"{_format.hours(cost['total_hours'])} {cost['unit']} in all "
+        f"({_format.hours(cost['hours_on_failed_trials'])} on failed trials); "
+        f"{cost['unit']} = {cost['hours_formula']}. FLOPs = {cost['flops_formula']}."
+    ]
+    if cost["total_money"] is not None:
+        paragraphs.append(
+            f"At {_format.money(cost['price_per_gpu_hour'])} per GPU-hour, applied to "
+            f"{cost['unit']}: {_format.money(cost['total_money'])} in all."
+        )
+    rows = tuple(
+        (
+            f[MODEL],
+            _format.fraction(f[DATA]),
+            _format.count(f["flops"]),
+            f"{f['metric_mean']:.4f}",
+            _format.hours(f["hours"]),
+        )
+        for f in cost["frontier"]
+    )
+    return _Section(
+        "Cost and the compute-quality frontier",
+        paragraphs=tuple(paragraphs),
+        header=("model", "data", "FLOPs", summary["experiment"]["metric"], cost["unit"] + "/run"),
+        rows=rows,
+    )
+
+
+def _cells_section(summary: dict[str, Any]) -> _Section:
+    extra = summary["experiment"]["extra_axes"]
+    rows = tuple(
+        (
+            c[MODEL],
+            _format.fraction(c[DATA]),
+            str(c[WORKERS]),
+            *(_format.value(c[a]) for a in extra),
+            str(c["n"]),
+            _format.metric(c["metric_mean"], c["metric_std"]),
+            _format.seconds(c["train_time_s"]),
+            _format.seconds(c["trial_wall_s"]),
+            _format.hours(c["hours"]),
+            _format.count(c["flops"]),
+        )
+        for c in summary["cells"]
+    )
+    return _Section(
+        "Every cell (seed mean ± std)",
+        header=(
+            "model",
+            "data",
+            "workers",
+            *extra,
+            "seeds",
+            summary["experiment"]["metric"],
+            "train loop",
+            "whole trial",
+            summary["cost"]["unit"],
+            "FLOPs",
+        ),
+        rows=rows,
+    )
+
+
+def write_markdown(summary: dict[str, Any], path: Path) -> None:
+    out = [f"# Scaling report: {summary['experiment']['name']}", ""]
+    for section in _sections(summary):
+        out += [f"## {section.title}", ""]
+        out += [line for p in section.paragraphs for line in (p, "")]
+        out += [f"- {b}" for b in section.bullets] + ([""] if section.bullets else [])
+        out += [f"![{p['title']}]({p['png']})" for p in section.plots] + (
+            [""] if section.plots else []
+        )
+        if section.header:
+            out.append("| " + " | ".join(section.header) + " |")
+            out.append("|" + "---|" * len(section.header))
+            out += [
+                "| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in section.rows
+            ]
+            out.append("")
+    path.write_text("\n".join(out))
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.2em; border-bottom: 1px solid #ddd; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+th { background: #f3f3f3; } img { max-width: 100%; border: 1px solid #eee; }
+section.recommendation { background: #eef6ee; padding: 0.5em 1.2em; border-radius: 6px; }
+"""
+
+
+def write_html(summary: dict[str, Any], out_dir: Path, path: Path) -> None:
+    name = html.escape(summary["experiment"]["name"])
+    body = [f"<h1>Scaling report: {name}</h1>"]
+    for section in _sections(summary):
+        css = ' class="recommendation"' if section.title == "Recommendation" else ""
+        body.append(f"<section{css}><h2>{html.escape(section.title)}</h2>")
+        body += [f"<p>{_inline(p)}</p>" for p in section.paragraphs]
+        if section.bullets:
+            body.append(
+                "<ul>" + "".join(f"<li>{_inline(b)}</li>" for b in section.bullets) + "</ul>"
+            )
+        for plot in section.plots:
+            data = base64.b64encode((out_dir / plot["png"]).read_bytes()).decode("ascii")
+            body.append(
+                f'<figure><img alt="{html.escape(plot["title"])}" '
+                f'src="data:image/png;base64,{data}"></figure>'
+            )
+        if section.header:
+            head = "".join(f"<th>{html.escape(h)}</th>" for h in section.header)
+            rows = "".join(
+                "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                for row in section.rows
+            )
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        body.append("</section>")
+    path.write_text(
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>Scaling report: {name}</title><style>{_CSS}</style></head>"
+        "<body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _inline(text: str) -> str:
+    """The two bits of Markdown the sections use, **bold** and `code`, as HTML."""
+    parts = html.escape(text).split("**")
+    text = "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))

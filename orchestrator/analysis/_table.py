@@ -1,0 +1,346 @@
+"""Read an experiment directory from disk into one tidy table, and aggregate repeated seeds.
+
+One row per trial: the axis columns, then metrics and the derived numbers every later step
+uses (error, resource-hours, FLOPs). Cells are the grid points without the seed; a cell is
+missing when none of its seeds finished, partial when some did.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.analysis import _format
+from orchestrator.analysis._errors import AnalysisError
+
+__all__ = [
+    "DATA",
+    "MODEL",
+    "SEED",
+    "WORKERS",
+    "Experiment",
+    "Metric",
+    "Table",
+    "build_table",
+    "load_experiment",
+    "resolve_metric",
+]
+
+# The derived model identity: ``model.name``, plus ``-L<n>`` when ``model.num_layers`` truncates
+# it, so that a sweep over the depth of one checkpoint is still a model axis. It is an ordered
+# categorical (smallest first), so groupbys pass observed=True: pandas 2 would otherwise yield an
+# empty group for every unseen combination.
+MODEL = "model"
+DATA = "data.train_fraction"
+WORKERS = "compute.num_workers"
+SEED = "train.seed"
+_FIXED_AXES = (MODEL, DATA, WORKERS)
+# Columns that make up the model identity or the seed: never an extra axis of their own.
+_NOT_EXTRA = {"model.name", "model.num_layers", DATA, WORKERS, SEED}
+
+_SPEC_KEYS = ("name", "primary_metric", "axes", "seeds", "num_trials")
+_REQUIRED_COLUMNS = (
+    "trial_id",
+    "label",
+    "status",
+    "error",
+    "model.name",
+    DATA,
+    WORKERS,
+    SEED,
+    "params_non_embedding",
+    "train_examples",
+    "global_batch",
+    "use_gpu",
+    "gpus_per_worker",
+    "train_time_s",
+    "trial_wall_s",
+    "examples_per_s",
+    "train_tokens",
+    "eval_loss",
+)
+_TEXT_COLUMNS = {"trial_id": str, "label": str, "status": str, "error": str, "model.name": str}
+FINISHED = "TERMINATED"
+
+
+@dataclass(frozen=True, eq=False)
+class Experiment:
+    """An experiment directory as read from disk, before any interpretation."""
+
+    directory: Path
+    name: str
+    primary_metric: str
+    axes: tuple[str, ...]
+    seeds: tuple[int, ...]
+    num_trials: int
+    trials: pd.DataFrame  # results.csv, one row per trial
+    history: pd.DataFrame  # every trials/<id>/history.jsonl, one row per (trial_id, epoch)
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The quality number being analysed and how it turns into an error (lower is better)."""
+
+    name: str  # "accuracy", "f1", ..., or "loss"
+    column: str  # its column in results.csv and history.jsonl
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.name != "loss"
+
+    @property
+    def error_label(self) -> str:
+        return f"1 − {self.name}" if self.higher_is_better else "eval loss"
+
+    def error(self, values: Any) -> Any:
+        return 1.0 - values if self.higher_is_better else values
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    """The tidy per-trial table, its seed-aggregated cells, and what is missing."""
+
+    experiment: Experiment
+    metric: Metric
+    trials: pd.DataFrame  # every trial, with derived columns; ``ok`` marks usable ones
+    cells: pd.DataFrame  # one row per cell with at least one usable seed
+    extra_axes: tuple[str, ...]  # swept axes other than model, data fraction, workers, seed
+    missing: tuple[dict[str, Any], ...]  # cells with fewer usable seeds than asked for
+    hours_unit: str  # "GPU-hours" or "worker-hours (CPU)"
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.trials[self.trials["ok"]]
+
+    @property
+    def reference_workers(self) -> int:
+        """The worker count that quality fits use: the smallest one that produced results.
+
+        Quality fits must not mix optimisation settings; other worker counts are replicates of
+        it only under strong scaling, and that is what the strong-scaling check tests.
+        """
+        return int(self.ok[WORKERS].min())
+
+
+def load_experiment(directory: Path) -> Experiment:
+    """Read experiment.json, results.csv and the per-trial histories of ``directory``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AnalysisError(f"experiment directory not found: {directory}")
+    spec = _read_spec(directory / "experiment.json")
+    results = directory / "results.csv"
+    if not results.is_file():
+        raise AnalysisError(f"no results: {results} does not exist (has the sweep run a trial?)")
+    try:
+        trials = pd.read_csv(results, dtype=_TEXT_COLUMNS, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        raise AnalysisError(f"no results: {results} is empty") from None
+    if trials.empty:
+        raise AnalysisError(f"no results: {results} has a header but no trials")
+    absent = [c for c in _REQUIRED_COLUMNS if c not in trials.columns]
+    if absent:
+        raise AnalysisError(f"{results} lacks column(s): {', '.join(absent)}")
+    trials["error"] = trials["error"].fillna("")
+    trials["status"] = trials["status"].fillna("").str.upper()
+    history, notes = _read_histories(directory, trials["trial_id"])
+    return Experiment(
+        directory=directory,
+        name=str(spec["name"]),
+        primary_metric=str(spec["primary_metric"]),
+        axes=tuple(spec["axes"]),
+        seeds=tuple(spec["seeds"]),
+        num_trials=int(spec["num_trials"]),
+        trials=trials,
+        history=history,
+        notes=notes,
+    )
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise AnalysisError(f"{path} not found: not an experiment directory written by `run`")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise AnalysisError(f"{path} is not valid JSON ({error})") from None
+    absent = [key for key in _SPEC_KEYS if key not in spec]
+    if absent:
+        raise AnalysisError(f"{path} lacks key(s): {', '.join(absent)}")
+    return spec
+
+
+def _read_histories(directory: Path, trial_ids: pd.Series) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    rows: list[dict[str, Any]] = []
+    absent, unreadable = 0, 0
+    for trial_id in trial_ids:
+        path = directory / "trials" / trial_id / "history.jsonl"
+        if not path.is_file():
+            absent += 1
+            continue
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                rows.append({"trial_id": trial_id, **json.loads(line)})
+            except json.JSONDecodeError:
+                # A trial killed mid-write leaves a torn last line; the epochs before it are fine.
+                unreadable += 1
+    notes = []
+    if absent:
+        notes.append(f"{absent} trial(s) have no history.jsonl (failed before the first epoch?)")
+    if unreadable:
+        notes.append(f"{unreadable} unreadable line(s) in history.jsonl files were skipped")
+    return pd.DataFrame(rows, columns=None if rows else ["trial_id", "epoch"]), tuple(notes)
+
+
+def resolve_metric(experiment: Experiment, name: str | None) -> Metric:
+    """The metric to analyse: ``name``, or the experiment's primary metric."""
+    name = name or experiment.primary_metric
+    column = "eval_loss" if name == "loss" else f"eval_{name}"
+    if column not in experiment.trials.columns:
+        available = sorted(
+            c.removeprefix("eval_") for c in experiment.trials if c.startswith("eval_")
+        )
+        raise AnalysisError(
+            f"metric {name!r} is not in {experiment.directory / 'results.csv'}; "
+            f"available: {', '.join(available)}"
+        )
+    return Metric(name=name, column=column)
+
+
+def build_table(experiment: Experiment, metric: Metric) -> Table:
+    """Derive error, resource-hours and FLOPs per trial; aggregate seeds per cell."""
+    trials = experiment.trials.copy()
+    num_layers = trials.get("model.num_layers", pd.Series(np.nan, index=trials.index))
+    names = [
+        name if pd.isna(layers) else f"{name}-L{int(layers)}"
+        for name, layers in zip(trials["model.name"], num_layers, strict=True)
+    ]
+    # Ordered by size, so that every table and legend lists models smallest first.
+    size = trials.groupby(names)["params_non_embedding"].max().fillna(np.inf)
+    by_size = sorted(size.index, key=lambda name: (size[name], name))
+    trials[MODEL] = pd.Categorical(names, categories=by_size, ordered=True)
+    trials[WORKERS] = trials[WORKERS].astype(int)
+    trials["metric"] = pd.to_numeric(trials[metric.column], errors="coerce")
+    trials["ok"] = (trials["status"] == FINISHED) & trials["metric"].notna()
+    _refuse_if_nothing_finished(experiment, trials, metric)
+
+    trials["error_value"] = metric.error(trials["metric"])
+    trials["use_gpu"] = trials["use_gpu"].astype(str).str.lower().isin(["true", "1", "yes"])
+    devices = np.where(trials["use_gpu"], trials["gpus_per_worker"].astype(float), 1.0)
+    trials["hours"] = trials[WORKERS] * devices * trials["trial_wall_s"] / 3600.0
+    # Fine-tuning a classifier never multiplies by the embedding matrix (no LM head), so the
+    # non-embedding count is the better N for 6·N·tokens.
+    trials["flops"] = 6.0 * trials["params_non_embedding"] * trials["train_tokens"]
+
+    extra = tuple(
+        a for a in experiment.axes if a not in _NOT_EXTRA and a != MODEL and a in trials.columns
+    )
+    ok_gpu = trials.loc[trials["ok"], "use_gpu"]
+    hours_unit = "GPU-hours" if ok_gpu.all() else "worker-hours (CPU)"
+    if ok_gpu.any() and not ok_gpu.all():
+        hours_unit = "GPU- or worker-hours (mixed sweep)"
+    axes = [*_FIXED_AXES, *extra]
+    return Table(
+        experiment=experiment,
+        metric=metric,
+        trials=trials,
+        cells=_aggregate(trials[trials["ok"]], axes),
+        extra_axes=extra,
+        missing=_missing_cells(trials, axes, len(experiment.seeds) or 1),
+        hours_unit=hours_unit,
+    )
+
+
+def _refuse_if_nothing_finished(
+    experiment: Experiment, trials: pd.DataFrame, metric: Metric
+) -> None:
+    if trials["ok"].any():
+        return
+    results = experiment.directory / "results.csv"
+    failed = trials[trials["status"] == "ERROR"]
+    if len(failed) == len(trials):
+        first = failed.iloc[0]
+        raise AnalysisError(
+            f"all {len(trials)} trials in {results} failed; nothing to analyse "
+            f"(first error, trial {first['trial_id']}: {first['error'] or 'no reason recorded'})"
+        )
+    counts = ", ".join(
+        f"{n} {s or 'no status'}" for s, n in trials["status"].value_counts().items()
+    )
+    raise AnalysisError(
+        f"no finished trial with a value for {metric.column} in {results} ({counts})"
+    )
+
+
+def _aggregate(ok: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean, standard deviation and count over seeds, per cell."""
+    grouped = ok.groupby(keys, dropna=False, sort=True, observed=True)
+    cells = grouped.agg(
+        n=("metric", "size"),
+        metric_mean=("metric", "mean"),
+        metric_std=("metric", "std"),
+        error_mean=("error_value", "mean"),
+        error_std=("error_value", "std"),
+        params=("params_non_embedding", "mean"),
+        train_examples=("train_examples", "mean"),
+        global_batch=("global_batch", "first"),
+        train_time_s=("train_time_s", "mean"),
+        train_time_std=("train_time_s", "std"),
+        trial_wall_s=("trial_wall_s", "mean"),
+        trial_wall_std=("trial_wall_s", "std"),
+        examples_per_s=("examples_per_s", "mean"),
+        hours=("hours", "mean"),
+        flops=("flops", "mean"),
+    )
+    return cells.reset_index()
+
+
+def _missing_cells(
+    trials: pd.DataFrame, axes: list[str], expected_seeds: int
+) -> tuple[dict[str, Any], ...]:
+    """Grid cells (the product of every swept value) with fewer usable seeds than asked for."""
+    values = [sorted(trials[a].dropna().unique(), key=_sort_key) for a in axes]
+    by_cell = dict(list(trials.groupby(axes, dropna=False, observed=True)))
+    missing = []
+    for cell in itertools.product(*values):
+        group = by_cell.get(cell)
+        n_ok = 0 if group is None else int(group["ok"].sum())
+        if n_ok >= expected_seeds:
+            continue
+        if group is None:
+            reason = "no trial in results.csv"
+        else:
+            bad = group[~group["ok"]]
+            reason = "; ".join(
+                f"seed {_format.plain(row[SEED])}: {_failure(row)}" for _, row in bad.iterrows()
+            )
+            reason = reason or f"only {n_ok} seed(s) in results.csv"
+        missing.append(
+            {
+                "cell": {a: _format.plain(v) for a, v in zip(axes, cell, strict=True)},
+                "seeds_ok": n_ok,
+                "seeds_expected": expected_seeds,
+                "reason": reason,
+            }
+        )
+    return tuple(missing)
+
+
+def _failure(trial: pd.Series) -> str:
+    if trial["error"]:
+        return trial["error"]
+    if trial["status"] == FINISHED:
+        return "finished without the metric"
+    return trial["status"].lower() or "no status"
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, int | float | np.number) else (1, str(value))

@@ -1,0 +1,515 @@
+"""``analyze`` on synthetic experiment directories: outputs, numbers, refusals and errors.
+
+The directories are written in the exact format of the sweep runner. Errors follow a known
+joint law and times a known Amdahl law, so the analysis is checked against the truth:
+E(N, D) = 0.05 + 20/N^0.3 + 3/D^0.4, serial fraction 0.1 in the training loop, and a 30 s
+start-up on top for the whole trial.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from orchestrator.analysis import AnalysisError, AnalysisResult, analyze
+
+REPO = Path(__file__).resolve().parents[2]
+PLOTS = ("model_axis", "data_axis", "joint_fit", "compute_axis", "cost_frontier", "learning_curves")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+Analysed = tuple[Path, AnalysisResult]
+
+LAW = {"E": 0.05, "A": 20.0, "alpha": 0.3, "B": 3.0, "beta": 0.4}
+SERIAL_FRACTION = 0.1
+START_UP_S = 30.0
+FULL_TRAIN_EXAMPLES = 10_000
+TOKENS_PER_EXAMPLE = 40
+EPOCHS = 3
+# name: (params_total, params_non_embedding), roughly the BERT ladder's.
+MODELS = {
+    "bert-tiny": (4_386_178, 393_216),
+    "bert-mini": (11_170_000, 3_145_728),
+    "bert-small": (28_760_000, 12_582_912),
+}
+FRACTIONS = (0.1, 0.3, 1.0)
+WORKERS = (1, 2, 4)
+SEEDS = (0, 1)
+FAILED = ("bert-small", 0.3, 2, 1)  # (model, fraction, workers, seed) of the one failed trial
+OOM = "torch.OutOfMemoryError: CUDA out of memory"
+
+COLUMNS = [
+    "trial_id", "label", "status", "error", "model.name", "model.num_layers",
+    "data.train_fraction", "compute.num_workers", "train.seed", "params_total",
+    "params_non_embedding", "train_examples", "global_batch", "per_worker_batch", "use_gpu",
+    "gpus_per_worker", "cpus_per_worker", "epochs_completed", "train_time_s", "trial_wall_s",
+    "examples_per_s", "tokens_per_s", "train_tokens", "eval_loss", "eval_accuracy", "eval_f1",
+    "best_accuracy", "train_loss",
+]  # fmt: skip
+
+
+def true_error(params_non_embedding: float, train_examples: float) -> float:
+    return (
+        LAW["E"]
+        + LAW["A"] * params_non_embedding ** -LAW["alpha"]
+        + LAW["B"] * train_examples ** -LAW["beta"]
+    )
+
+
+def write_experiment(
+    directory: Path,
+    *,
+    models: tuple[str, ...] = tuple(MODELS),
+    fractions: tuple[float, ...] = FRACTIONS,
+    workers: tuple[int, ...] = WORKERS,
+    seeds: tuple[int, ...] = SEEDS,
+    failed: tuple[tuple[str, float, int, int], ...] = (FAILED,),
+    dropped: tuple[tuple[str, float], ...] = (),
+    shifted: dict[tuple[str, float, int], float] | None = None,
+    noise: float = 0.003,
+) -> Path:
+    """Write experiment.json, results.csv and histories; return the directory.
+
+    ``failed`` trials get status ERROR; ``dropped`` (model, fraction) cells are left out of
+    results.csv at every worker count; ``shifted`` adds to the accuracy of (model, fraction,
+    workers) cells, as a broken strong-scaling setup would.
+    """
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    axes = ["model.name", "data.train_fraction", "compute.num_workers"]
+    rows = []
+    for model in models:
+        total, non_embedding = MODELS[model]
+        for fraction in fractions:
+            if (model, fraction) in dropped:
+                continue
+            examples = round(fraction * FULL_TRAIN_EXAMPLES)
+            # The loop's time on one worker grows with parameters × examples, like the FLOPs.
+            t1 = 1e-9 * total * examples * EPOCHS
+            for w in workers:
+                for seed in seeds:
+                    trial_id = f"t{len(rows):03d}"
+                    label = f"{model}·f{fraction:g}·w{w}·s{seed}"
+                    row = dict.fromkeys(COLUMNS, "") | {
+                        "trial_id": trial_id,
+                        "label": label,
+                        "model.name": model,
+                        "data.train_fraction": fraction,
+                        "compute.num_workers": w,
+                        "train.seed": seed,
+                        "params_total": total,
+                        "params_non_embedding": non_embedding,
+                        "train_examples": examples,
+                        "global_batch": 32,
+                        "per_worker_batch": 32 // w,
+                        "use_gpu": True,
+                        "gpus_per_worker": 1,
+                        "cpus_per_worker": 4,
+                    }
+                    if (model, fraction, w, seed) in failed:
+                        rows.append(row | {"status": "ERROR", "error": OOM, "trial_wall_s": 12.0})
+                        continue
+                    error = true_error(non_embedding, examples) + rng.normal(0.0, noise)
+                    accuracy = 1.0 - error + (shifted or {}).get((model, fraction, w), 0.0)
+                    train_time = t1 * (SERIAL_FRACTION + (1 - SERIAL_FRACTION) / w)
+                    train_time *= 1 + rng.normal(0.0, 0.01)
+                    throughput = examples * EPOCHS / train_time
+                    rows.append(
+                        row
+                        | {
+                            "status": "TERMINATED",
+                            "epochs_completed": EPOCHS,
+                            "train_time_s": train_time,
+                            "trial_wall_s": train_time + START_UP_S,
+                            "examples_per_s": throughput,
+                            "tokens_per_s": throughput * TOKENS_PER_EXAMPLE,
+                            "train_tokens": examples * EPOCHS * TOKENS_PER_EXAMPLE,
+                            "eval_loss": 2 * error,
+                            "eval_accuracy": accuracy,
+                            "eval_f1": accuracy - 0.02,
+                            "best_accuracy": accuracy + 0.005,
+                            "train_loss": 1.5 * error,
+                        }
+                    )
+                    _write_history(directory / "trials" / trial_id, error, train_time, examples)
+    (directory / "experiment.json").write_text(
+        json.dumps(
+            {
+                "name": directory.name,
+                "primary_metric": "accuracy",
+                "axes": axes,
+                "seeds": list(seeds),
+                "num_trials": len(models) * len(fractions) * len(workers) * len(seeds),
+            }
+        )
+    )
+    with (directory / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return directory
+
+
+def _write_history(directory: Path, error: float, train_time: float, examples: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for epoch in range(1, EPOCHS + 1):
+        e = error + 0.1 * (EPOCHS - epoch) / EPOCHS  # improves each epoch, ends at the final value
+        lines.append(
+            json.dumps(
+                {
+                    "epoch": epoch,
+                    "train_loss": 1.5 * e,
+                    "eval_loss": 2 * e,
+                    "eval_accuracy": 1 - e,
+                    "eval_f1": 1 - e - 0.02,
+                    "examples_per_s": examples / (train_time / EPOCHS),
+                    "tokens_per_s": TOKENS_PER_EXAMPLE * examples / (train_time / EPOCHS),
+                    "epoch_time_s": train_time / EPOCHS,
+                    "train_time_s": train_time * epoch / EPOCHS,
+                    "examples_seen": examples * epoch,
+                    "train_tokens": examples * epoch * TOKENS_PER_EXAMPLE,
+                }
+            )
+        )
+    (directory / "history.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def make_experiment(tmp_path: Path) -> Callable[..., Path]:
+    """``make_experiment(name, **options)`` writes a synthetic experiment under tmp_path."""
+
+    def make(name: str = "synthetic", **options: Any) -> Path:
+        return write_experiment(tmp_path / name, **options)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, AnalysisResult]:
+    """The default experiment (3 models × 3 fractions × 3 worker counts × 2 seeds, one trial
+    failed), analysed once for the module: a full analysis takes seconds."""
+    directory = write_experiment(tmp_path_factory.mktemp("analysed") / "synthetic")
+    return directory, analyze(directory)
+
+
+def test_every_output_is_written(analysed: Analysed) -> None:
+    directory, result = analysed
+    expected = {"summary.json", "report.md", "report.html"}
+    expected |= {f"{plot}.{ext}" for plot in PLOTS for ext in ("png", "svg")}
+    assert set(result.paths) == expected
+    for name, path in result.paths.items():
+        assert path == directory / "analysis" / name
+        assert path.stat().st_size > 1000, name
+    for plot in PLOTS:
+        assert (directory / "analysis" / f"{plot}.png").read_bytes().startswith(PNG_MAGIC)
+        assert "<svg" in (directory / "analysis" / f"{plot}.svg").read_text()
+    on_disk = json.loads(result.paths["summary.json"].read_text())
+    assert on_disk["recommendation"] == json.loads(json.dumps(result.summary["recommendation"]))
+
+
+def test_summary_counts_trials_and_names_the_failed_cell(analysed: Analysed) -> None:
+    _, result = analysed
+    trials = result.summary["trials"]
+    assert (trials["in_results"], trials["finished"], trials["failed"]) == (54, 53, 1)
+    assert trials["failed_trials"][0]["error"] == OOM
+    model, fraction, workers, seed = FAILED
+    (missing,) = result.summary["missing_cells"]
+    assert missing["cell"] == {
+        "model": model,
+        "data.train_fraction": fraction,
+        "compute.num_workers": workers,
+    }
+    assert (missing["seeds_ok"], missing["seeds_expected"]) == (1, 2)
+    assert missing["reason"] == f"seed {seed}: {OOM}"
+
+
+def test_joint_fit_recovers_the_law_the_sweep_was_generated_from(analysed: Analysed) -> None:
+    (joint,) = analysed[1].summary["fits"]["joint"]
+    assert joint["refusal"] is None
+    params = joint["fit"]["params"]
+    # One decade of data and three models: beta is the least determined constant.
+    assert params["alpha"] == pytest.approx(LAW["alpha"], abs=0.05)
+    assert params["beta"] == pytest.approx(LAW["beta"], abs=0.1)
+    assert params["E"] == pytest.approx(LAW["E"], abs=0.02)
+    assert joint["fit"]["r2"] > 0.99
+
+
+def test_axis_fits_exist_per_series_with_intervals(analysed: Analysed) -> None:
+    fits = analysed[1].summary["fits"]
+    model_axis, data_axis = fits["model_axis"]["curves"], fits["data_axis"]["curves"]
+    assert [c["key"] for c in model_axis] == [{"data.train_fraction": f} for f in (0.1, 0.3, 1.0)]
+    assert [c["key"] for c in data_axis] == [{"model": m} for m in tuple(MODELS)]
+    for curve in model_axis:
+        alpha = curve["fit"]["params"]["alpha"]
+        low, high = curve["fit"]["ci95"]["alpha"]
+        assert alpha == pytest.approx(LAW["alpha"], abs=0.08)
+        assert low <= alpha <= high
+    for curve in data_axis:
+        assert curve["fit"]["r2"] > 0.95
+        assert set(curve["fit"]["params"]) == {"E_inf", "B", "beta"}
+
+
+def test_amdahl_recovers_the_serial_fraction_of_the_training_loop(analysed: Analysed) -> None:
+    amdahl = analysed[1].summary["fits"]["amdahl"]
+    for loop, whole in zip(amdahl["train_time_s"], amdahl["trial_wall_s"], strict=True):
+        assert loop["fit"]["params"]["s"] == pytest.approx(SERIAL_FRACTION, abs=0.02)
+        # The start-up is serial too, so the whole trial parallelises worse than its loop.
+        assert whole["fit"]["params"]["s"] > loop["fit"]["params"]["s"]
+
+
+def test_compute_table_strong_scaling_and_cost(analysed: Analysed) -> None:
+    directory, result = analysed
+    summary = result.summary
+    assert summary["compute"]["strong_scaling"]["status"] == "ok"
+    assert summary["compute"]["strong_scaling"]["flags"] == []
+    cells = pd.DataFrame(summary["compute"]["cells"])
+    at_one = cells[cells["compute.num_workers"] == 1]
+    assert (at_one["speedup_train_time_s"] == 1.0).all()
+    four = cells[cells["compute.num_workers"] == 4]["speedup_train_time_s"]
+    assert four.between(1 / (0.1 + 0.9 / 4) - 0.2, 1 / (0.1 + 0.9 / 4) + 0.2).all()
+
+    trials = pd.read_csv(directory / "results.csv")
+    expected_hours = (trials["compute.num_workers"] * trials["trial_wall_s"]).sum() / 3600
+    cost = summary["cost"]
+    assert cost["unit"] == "GPU-hours"
+    assert cost["total_hours"] == pytest.approx(expected_hours)
+    assert cost["hours_on_failed_trials"] == pytest.approx(2 * 12.0 / 3600)
+    assert cost["total_money"] is None
+    frontier = [f["error_mean"] for f in cost["frontier"]]
+    assert frontier == sorted(frontier, reverse=True)  # each frontier cell beats the cheaper ones
+
+
+def test_recommendation_with_default_options(analysed: Analysed) -> None:
+    recommendation = analysed[1].summary["recommendation"]
+    # Within ε = 0.01 of the best at full data only the biggest model qualifies; it needs all
+    # the data; with no budget the fastest worker count at ≥ 50 % efficiency is 4.
+    assert recommendation["model"]["choice"] == "bert-small"
+    assert recommendation["data"]["choice"] == 1.0
+    assert recommendation["workers"]["choice"] == 4
+
+
+def test_html_is_self_contained_with_the_recommendation_first(analysed: Analysed) -> None:
+    html = analysed[1].paths["report.html"].read_text()
+    images = re.findall(r'<img [^>]*src="([^"]+)"', html)
+    assert len(images) == len(PLOTS)
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    assert html.index("Recommendation") < html.index("<img")
+    assert "bert-small" in html[: html.index("<img")]
+
+
+def test_markdown_report_links_its_plots(analysed: Analysed) -> None:
+    markdown = analysed[1].paths["report.md"].read_text()
+    assert markdown.index("## Recommendation") < markdown.index("## Fitted laws")
+    for plot in PLOTS:
+        assert f"]({plot}.png)" in markdown
+
+
+def test_terminal_summary_starts_with_the_recommendation(analysed: Analysed) -> None:
+    lines = analysed[1].render_terminal().splitlines()
+    assert lines[1].strip().startswith("Smallest model within ε = 0.01 of the best: bert-small")
+    assert lines[2].strip().startswith("Least data for bert-small")
+    assert lines[3].strip().startswith("Workers for bert-small at 100 % data: 4")
+    table = "\n".join(lines[4:])
+    assert all(model in table for model in tuple(MODELS))
+    assert "53 of 54 trials finished, 1 failed" in table
+
+
+def test_target_and_epsilon_pick_a_smaller_model_and_fraction(make_experiment) -> None:
+    directory = make_experiment(workers=(1,), failed=())
+    # True accuracies at full data: tiny 0.455, mini 0.650, small 0.726; for bert-mini the
+    # 30 % fraction is 0.047 below full data, the 10 % one 0.114.
+    result = analyze(directory, target=0.6, epsilon=0.06)
+    recommendation = result.summary["recommendation"]
+    assert recommendation["model"]["choice"] == "bert-mini"
+    assert recommendation["data"]["choice"] == 0.3
+    assert recommendation["workers"]["choice"] is None  # one worker count: nothing to compare
+    assert result.summary["fits"]["amdahl"]["refusal"].startswith("compute.num_workers was not")
+    assert "compute_axis.png" not in result.paths
+
+
+def test_an_unreachable_target_is_said_so(make_experiment) -> None:
+    directory = make_experiment(models=("bert-small",), fractions=(1.0,), workers=(1,))
+    answer = analyze(directory, target=0.9).summary["recommendation"]["model"]
+    assert answer["choice"] is None
+    assert answer["text"].startswith("none at 100 % data; the best is bert-small")
+
+
+@pytest.mark.parametrize(
+    ("options", "choice"),
+    [
+        ({"time_budget_s": 600.0}, 2),  # 1 worker takes ~15 min; 2 is the cheaper of 2 and 4
+        ({"money_budget": 0.6, "price_per_gpu_hour": 2.0}, 2),  # 4 workers cost ~0.69
+        ({"time_budget_s": 60.0}, None),  # nothing finishes in a minute
+    ],
+)
+def test_worker_choice_under_a_budget(make_experiment, options: dict, choice: int | None) -> None:
+    directory = make_experiment(models=("bert-small",), fractions=(1.0,), failed=())
+    workers = analyze(directory, **options).summary["recommendation"]["workers"]
+    assert workers["choice"] == choice
+    if choice is None:
+        assert workers["text"].startswith("none fits the budget")
+
+
+def test_strong_scaling_flags_a_cell_whose_metric_moves_with_workers(make_experiment) -> None:
+    directory = make_experiment(
+        models=("bert-small",), fractions=(1.0,), failed=(), shifted={("bert-small", 1.0, 4): -0.05}
+    )
+    check = analyze(directory).summary["compute"]["strong_scaling"]
+    assert check["status"] == "flagged"
+    (flag,) = check["flags"]
+    assert (flag["model"], flag["compute.num_workers"], flag["reference_workers"]) == (
+        "bert-small",
+        4,
+        1,
+    )
+    assert flag["difference"] == pytest.approx(-0.05, abs=0.01)
+
+
+def test_loss_as_the_metric(make_experiment) -> None:
+    directory = make_experiment(models=("bert-small",), fractions=(1.0,), failed=())
+    summary = analyze(directory, metric="loss").summary
+    assert summary["experiment"]["metric"] == "loss"
+    assert summary["experiment"]["error"] == "eval loss"
+    assert summary["cells"][0]["error_mean"] == pytest.approx(summary["cells"][0]["metric_mean"])
+
+
+def test_missing_cells_are_listed_and_their_curves_refused(make_experiment) -> None:
+    directory = make_experiment(workers=(1,), failed=(), dropped=(("bert-mini", 0.3),))
+    summary = analyze(directory).summary
+    (missing,) = summary["missing_cells"]
+    assert missing["cell"]["model"] == "bert-mini"
+    assert missing["reason"] == "no trial in results.csv"
+    by_model = {c["key"]["model"]: c for c in summary["fits"]["data_axis"]["curves"]}
+    assert by_model["bert-mini"]["fit"] is None
+    assert by_model["bert-mini"]["refusal"].startswith("too few points to fit: 2 distinct D")
+    assert by_model["bert-tiny"]["fit"] is not None
+    assert summary["fits"]["joint"][0]["fit"] is not None  # 8 of 9 cells still fit 5 constants
+
+
+def test_too_few_points_everywhere_still_writes_a_report(make_experiment) -> None:
+    directory = make_experiment(
+        models=("bert-tiny", "bert-mini"), fractions=(0.1, 1.0), workers=(1, 2), failed=()
+    )
+    result = analyze(directory)
+    fits = result.summary["fits"]
+    refusals = [c["refusal"] for axis in ("model_axis", "data_axis") for c in fits[axis]["curves"]]
+    refusals += [j["refusal"] for j in fits["joint"]]
+    refusals += [c["refusal"] for c in fits["amdahl"]["train_time_s"]]
+    assert refusals and all("too few points to fit" in r for r in refusals)
+    assert result.paths["report.html"].is_file()
+    assert "refused" in result.paths["report.md"].read_text()
+
+
+def test_unfinished_and_failed_sweeps_are_user_errors(make_experiment) -> None:
+    everything_failed = tuple(("bert-tiny", 1.0, 1, seed) for seed in (0, 1))
+    directory = make_experiment(
+        "failed", models=("bert-tiny",), fractions=(1.0,), workers=(1,), failed=everything_failed
+    )
+    with pytest.raises(AnalysisError, match=r"all 2 trials in .*results.csv failed.*out of memory"):
+        analyze(directory)
+
+    directory = make_experiment("pending", models=("bert-tiny",), fractions=(1.0,), workers=(1,))
+    results = pd.read_csv(directory / "results.csv")
+    results.assign(status="PENDING", eval_accuracy=None).to_csv(
+        directory / "results.csv", index=False
+    )
+    with pytest.raises(AnalysisError, match=r"no finished trial .*\(2 PENDING\)"):
+        analyze(directory)
+
+    (directory / "results.csv").write_text(",".join(results.columns) + "\n")
+    with pytest.raises(AnalysisError, match=r"no results: .* has a header but no trials"):
+        analyze(directory)
+    (directory / "results.csv").unlink()
+    with pytest.raises(AnalysisError, match=r"no results: .*results.csv does not exist"):
+        analyze(directory)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"metric": "bleu"}, r"metric 'bleu' is not in .*; available: accuracy, f1, loss"),
+        ({"model": "bert-huge"}, r"model 'bert-huge' has no finished trial .*models: bert-tiny"),
+        ({"money_budget": 10.0}, r"a money budget needs a price per GPU-hour"),
+        ({"epsilon": -0.1}, r"epsilon must be ≥ 0"),
+    ],
+)
+def test_bad_options_are_user_errors(
+    make_experiment: Callable[..., Path], options: dict, message: str
+) -> None:
+    directory = make_experiment(models=("bert-tiny",), fractions=(1.0,), workers=(1,))
+    with pytest.raises(AnalysisError, match=message):
+        analyze(directory, **options)
+
+
+def test_not_an_experiment_directory(tmp_path: Path) -> None:
+    with pytest.raises(AnalysisError, match="experiment directory not found"):
+        analyze(tmp_path / "nowhere")
+    with pytest.raises(AnalysisError, match=r"experiment.json not found"):
+        analyze(tmp_path)
+    (tmp_path / "experiment.json").write_text('{"name": "x"}')
+    with pytest.raises(AnalysisError, match=r"lacks key\(s\): primary_metric, axes, seeds"):
+        analyze(tmp_path)
+
+
+def test_importing_analysis_pulls_in_no_ray_torch_or_transformers() -> None:
+    code = (
+        "import sys, orchestrator.analysis; "
+        "print(sorted(m for m in ('ray', 'torch', 'transformers') if m in sys.modules))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == "[]"
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs headless Chromium at /usr/bin/chromium (Debian: apt-get install -y chromium)",
+)
+def test_report_renders_with_its_images(
+    analysed: tuple[Path, AnalysisResult], tmp_path: Path
+) -> None:
+    # Rendered from a directory of its own: the plots must come from the page, not lie beside it.
+    page = tmp_path / "report.html"
+    shutil.copy(analysed[1].paths["report.html"], page)
+    shot = tmp_path / "screenshot.png"
+    subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",  # tests may run as root, where Chromium's sandbox refuses to start
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1200,2000",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    assert pixels.shape[:2] == (2000, 1200)
+    assert pixels.std() > 0.02, "the page rendered blank"
+    # Text, tables and the page's tints are greys or pale; the plots' markers and lines are
+    # saturated colours. A report whose images failed to decode shows almost none (~0.01 %).
+    saturation = pixels.max(axis=2) - pixels.min(axis=2)
+    assert (saturation > 0.4).mean() > 0.001, "no plot was drawn: are the data URIs broken?"
