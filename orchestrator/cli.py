@@ -2,11 +2,16 @@
 
 Examples:
   scalesweep plan search_spaces/quickstart.yaml
+  scalesweep plan search_spaces/mrpc_bert_ladder.yaml --cluster cluster.yaml --measured exp/q
   scalesweep run search_spaces/quickstart.yaml
   scalesweep run search_spaces/mrpc_bert_ladder.yaml train.lr=3e-5 --address auto
+  scalesweep run search_spaces/mrpc_bert_ladder.yaml --address auto --cluster cluster.yaml
   scalesweep run search_spaces/quickstart.yaml 'axes.model.name=[bert-tiny]' -o experiments/try1
+  scalesweep run search_spaces/quickstart.yaml --wandb online wandb.project=my-scaling
+  scalesweep resume experiments/quickstart
   scalesweep results experiments/quickstart
   scalesweep analyze experiments/quickstart --target 0.8 --price-per-gpu-hour 2.5
+  scalesweep wandb experiments/quickstart --sync
 """
 
 from __future__ import annotations
@@ -16,18 +21,40 @@ import os
 import sys
 from pathlib import Path
 
+from orchestrator.cluster import ClusterError, load_cluster_file, probe
 from orchestrator.errors import UserError
 from orchestrator.experiment import ExperimentDir
 from orchestrator.plan import plan_rows, render_plan
-from orchestrator.spec import SpecError, load_spec
+from orchestrator.resource_plan import ROUGH_MODEL, measured_throughput, render_resources
+from orchestrator.spec import DEFAULT_STORAGE_PATH, SpecError, load_spec
+from orchestrator.storage import is_uri, remote_exists, storage_root
+from orchestrator.wandb_config import WandbMode
+from orchestrator.wandb_views import describe_runs, publish_analysis, sync_runs
 
 EXIT_USER_ERROR = 2
 
 
-def cmd_plan(file: Path, overrides: list[str]) -> int:
-    """Validate a search space and print one row per trial, with totals; starts no Ray."""
+def cmd_plan(
+    file: Path,
+    overrides: list[str],
+    *,
+    cluster: Path | None = None,
+    address: str | None = None,
+    measured: Path | None = None,
+) -> int:
+    """Validate a search space and print one row per trial, the resources it needs, how many
+    trials run at once on a cluster, and the GPU-hours; starts no Ray (unless --address)."""
     spec = load_spec(file, overrides)
-    print(render_plan(spec, plan_rows(spec)))
+    rows = plan_rows(spec)
+    print(render_plan(spec, rows))
+    capacities = [load_cluster_file(cluster)] if cluster else []
+    if address:
+        capacities.append(probe(address))
+    throughput = measured_throughput(measured) if measured else ROUGH_MODEL
+    text, errors = render_resources(spec, rows, capacities, throughput)
+    print(text)
+    if errors:
+        raise ClusterError("; ".join(errors))
     return 0
 
 
@@ -41,18 +68,39 @@ def _free_experiment_dir(base: Path) -> Path:
 
 
 def cmd_run(
-    file: Path, overrides: list[str], experiment_dir: Path | None, address: str | None
+    file: Path,
+    overrides: list[str],
+    experiment_dir: Path | None,
+    address: str | None,
+    cluster: Path | None = None,
+    wandb: str | None = None,
 ) -> int:
     """Run the sweep on local Ray (default) or a cluster, writing the experiment directory."""
+    if wandb:
+        overrides = [*overrides, f"wandb.mode={wandb}"]
     spec = load_spec(file, overrides)
     plan_rows(spec)  # fails early on missing data files, before Ray starts
+    # With a cloud storage_path, the experiment directory is a local copy of what goes there.
+    local = DEFAULT_STORAGE_PATH if is_uri(spec.storage_path) else spec.storage_path
     if experiment_dir is None:
-        experiment_dir = _free_experiment_dir(Path(spec.storage_path) / spec.name)
+        experiment_dir = _free_experiment_dir(Path(local) / spec.name)
     elif experiment_dir.exists() and any(experiment_dir.iterdir()):
         raise SpecError(f"--experiment-dir {experiment_dir} exists and is not empty")
+    remote = storage_root(spec.storage_path, experiment_dir)
+    if is_uri(remote) and remote_exists(remote):
+        raise SpecError(f"{remote} exists already; pick another -o/--experiment-dir name")
     from orchestrator.sweep import run_sweep  # imports Ray: only when a sweep really runs
 
-    path = run_sweep(spec, experiment_dir, address=address)
+    path = run_sweep(spec, experiment_dir, address=address, cluster_file=cluster)
+    cmd_results(path)
+    return 0
+
+
+def cmd_resume(experiment_dir: Path, address: str | None) -> int:
+    """Continue an interrupted sweep: finished trials stay, unfinished ones resume."""
+    from orchestrator.sweep import resume_sweep  # imports Ray
+
+    path = resume_sweep(experiment_dir, address=address)
     cmd_results(path)
     return 0
 
@@ -83,6 +131,7 @@ def cmd_analyze(
     time_budget_s: float | None = None,
     money_budget: float | None = None,
     model: str | None = None,
+    wandb: str | None = None,
 ) -> int:
     """Fit scaling laws, plot the curves, write the report and print the recommendation."""
     from orchestrator.analysis import analyze  # pandas/scipy/matplotlib: only for this command
@@ -99,7 +148,14 @@ def cmd_analyze(
     )
     print(result.render_terminal())
     print(f"\nreport: {result.paths['report.html']}")
+    publish_analysis(experiment_dir, result, mode=wandb)  # when the sweep uses W&B
     return 0
+
+
+def cmd_wandb(experiment_dir: Path, *, sync: bool = False) -> int:
+    """List the sweep's W&B runs (ids, state, offline directories); --sync uploads offline ones."""
+    print(describe_runs(experiment_dir))
+    return sync_runs(experiment_dir) if sync else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,9 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     overrides_help = "dotted overrides, e.g. train.lr=3e-5 compute.num_workers=2 'seeds=[0,1]'"
 
+    cluster_help = (
+        "cluster-launcher YAML (cluster.yaml) or KubeRay manifest: concurrency follows its "
+        "maximum, with every node type at max_workers"
+    )
+
     plan = commands.add_parser("plan", help=cmd_plan.__doc__)
     plan.add_argument("file", type=Path, help="search-space YAML file")
     plan.add_argument("overrides", nargs="*", help=overrides_help)
+    plan.add_argument("--cluster", type=Path, help=cluster_help)
+    plan.add_argument("--address", help="also plan on this running cluster's current nodes")
+    plan.add_argument(
+        "--measured",
+        type=Path,
+        help="experiment directory of a previous sweep: its measured throughput replaces the "
+        "rough time model",
+    )
 
     run = commands.add_parser("run", help=cmd_run.__doc__)
     run.add_argument("file", type=Path, help="search-space YAML file")
@@ -130,6 +199,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray cluster to join ('auto', ray://host:10001, ...); default: $RAY_ADDRESS, "
         "else a new local Ray instance",
     )
+    run.add_argument(
+        "--cluster",
+        type=Path,
+        help=cluster_help + " (default on a `ray up` head: its autoscaler config; else the "
+        "cluster's nodes now)",
+    )
+    wandb_modes = [mode.value for mode in WandbMode]
+    run.add_argument(
+        "--wandb",
+        choices=wandb_modes,
+        help="W&B mode, overriding the spec's wandb.mode and $WANDB_MODE (online without an API "
+        "key logs offline)",
+    )
+
+    resume = commands.add_parser("resume", help=cmd_resume.__doc__)
+    resume.add_argument("experiment_dir", type=Path)
+    resume.add_argument("--address", help="Ray cluster to join (default: as for run)")
 
     results = commands.add_parser("results", help=cmd_results.__doc__)
     results.add_argument("experiment_dir", type=Path)
@@ -147,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--time-budget-s", type=float, help="wall-time budget per trial")
     analyze.add_argument("--money-budget", type=float, help="money budget per trial")
     analyze.add_argument("--model", help="model for the data-fraction recommendation")
+    analyze.add_argument(
+        "--wandb",
+        choices=wandb_modes,
+        help="W&B mode for uploading the analysis (default: the sweep's, or $WANDB_MODE)",
+    )
+
+    wandb = commands.add_parser("wandb", help=cmd_wandb.__doc__)
+    wandb.add_argument("experiment_dir", type=Path)
+    wandb.add_argument("--sync", action="store_true", help="upload offline runs (`wandb sync`)")
     return parser
 
 
@@ -154,19 +249,40 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "plan":
-            return cmd_plan(args.file, args.overrides)
+            return cmd_plan(
+                args.file,
+                args.overrides,
+                cluster=args.cluster,
+                address=args.address,
+                measured=args.measured,
+            )
         if args.command == "run":
             address = args.address or os.environ.get("RAY_ADDRESS")
-            return cmd_run(args.file, args.overrides, args.experiment_dir, address)
+            return cmd_run(
+                args.file,
+                args.overrides,
+                args.experiment_dir,
+                address,
+                args.cluster,
+                wandb=args.wandb,
+            )
+        if args.command == "resume":
+            return cmd_resume(args.experiment_dir, args.address or os.environ.get("RAY_ADDRESS"))
         if args.command == "analyze":
             options = {
                 k: v for k, v in vars(args).items() if k not in ("command", "experiment_dir")
             }
             return cmd_analyze(args.experiment_dir, **options)
+        if args.command == "wandb":
+            return cmd_wandb(args.experiment_dir, sync=args.sync)
         return cmd_results(args.experiment_dir)
     except (UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        # Tune saved its state on the first Ctrl-C; the sweep said how to resume it.
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

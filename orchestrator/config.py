@@ -254,6 +254,13 @@ class TrainConfig(_Frozen):
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
     precision: Precision = Precision.fp32
     seed: int = 0
+    # Micro-batches of similar lengths (trainables.sampling): the same examples every epoch,
+    # in a random order, with far less padding. False: plain shuffled batches.
+    group_by_length: bool = True
+    # Fault tolerance: a checkpoint every N epochs (0: none), the last K kept, and how often
+    # Ray Train may restart a trial's workers from the latest one.
+    checkpoint_every_epochs: Annotated[int, Field(ge=0)] = 1
+    keep_checkpoints: Annotated[int, Field(ge=1)] = 2
     max_failures: Annotated[int, Field(ge=0)] = 0
 
 

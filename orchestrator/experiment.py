@@ -135,7 +135,36 @@ class ExperimentDir:
 
     def read_history(self, trial_id: str) -> list[dict[str, Any]]:
         path = self.trial_dir(trial_id) / "history.jsonl"
+        if not path.is_file():
+            return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def rewrite_history(self, trial_id: str, rows: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+        _atomic_write(self.trial_dir(trial_id) / "history.jsonl", text)
+
+    def load_records(self) -> list[TrialRecord]:
+        """What an earlier run of this sweep left on disk (to resume it without losing rows)."""
+        if not self.results_csv.is_file():
+            return []
+        records = []
+        for row in self.read_results().to_dict(orient="records"):
+            trial_id = str(row["trial_id"])
+            config_file = self.trial_dir(trial_id) / "config.json"
+            if not config_file.is_file():
+                continue
+            wall = row.get("trial_wall_s")
+            records.append(
+                TrialRecord(
+                    trial_id,
+                    json.loads(config_file.read_text()),
+                    status=row["status"],
+                    error="" if pd.isna(row.get("error")) else str(row["error"]),
+                    history=self.read_history(trial_id),
+                    wall_s=None if pd.isna(wall) else float(wall),
+                )
+            )
+        return records
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.config import BERT_LADDER, TrialConfig
 from orchestrator.errors import UserError
+from orchestrator.wandb_config import WandbConfig, WandbMode, wandb_environment
 
 __all__ = ["AXIS_FIELDS", "SpecError", "SweepSpec", "load_spec", "parse_override"]
 
@@ -32,7 +34,10 @@ TOP_LEVEL_KEYS = (
     "seeds",
     "storage_path",
     "max_concurrent_trials",
+    "wandb",  # sweep-level W&B settings (orchestrator.wandb_config), never a trial axis
 )
+# Where experiment directories go locally (with a cloud storage_path: the local copy).
+DEFAULT_STORAGE_PATH = "experiments"
 
 
 class SpecError(UserError):
@@ -51,6 +56,7 @@ def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 
 AXIS_FIELDS: tuple[str, ...] = tuple(_field_paths(TrialConfig))
+WANDB_FIELDS: tuple[str, ...] = tuple(_field_paths(WandbConfig, "wandb."))
 
 
 def _did_you_mean(word: str, valid: list[str] | tuple[str, ...]) -> str:
@@ -71,6 +77,7 @@ class SweepSpec:
     storage_path: str
     max_concurrent_trials: int | None
     trials: list[TrialConfig]
+    wandb: WandbConfig
 
     def axis_names(self) -> list[str]:
         """The dotted names that vary across trials, seeds last."""
@@ -99,6 +106,7 @@ class SweepSpec:
             "seeds": self.seeds,
             "storage_path": self.storage_path,
             "max_concurrent_trials": self.max_concurrent_trials,
+            "wandb": self.wandb.model_dump(mode="json"),
         }
 
 
@@ -151,6 +159,12 @@ def _apply_override(raw: dict[str, Any], key: str, value: Any, where: str) -> No
     if key in TOP_LEVEL_KEYS and key not in SECTIONS:
         raw[key] = value
         return
+    if key.startswith("wandb."):
+        wandb = raw.get("wandb") or {}
+        if not isinstance(wandb, dict):
+            raise SpecError(f"{where}: section 'wandb' must be a mapping")
+        raw["wandb"] = {**wandb, key.removeprefix("wandb."): value}
+        return
     if key not in AXIS_FIELDS:
         raise SpecError(f"{where}: unknown setting {key!r}{_did_you_mean(key, AXIS_FIELDS)}")
     if key == "train.seed":
@@ -174,7 +188,7 @@ def _check_shape(raw: dict[str, Any], path: Path) -> None:
             f"{path}: 'name' must be a word of letters, digits, '_', '-' or '.' "
             f"(got {raw.get('name')!r})"
         )
-    for section in SECTIONS:
+    for section in (*SECTIONS, "wandb"):
         if not isinstance(raw.get(section) or {}, dict):
             raise SpecError(f"{path}: {section!r} must be a mapping of settings")
     axes = raw.get("axes") or {}
@@ -183,6 +197,8 @@ def _check_shape(raw: dict[str, Any], path: Path) -> None:
     for axis, values in axes.items():
         if axis == "train.seed":
             raise SpecError(f"{path}: axes.train.seed: list the seeds under 'seeds' instead")
+        if axis.startswith("wandb."):
+            raise SpecError(f"{path}: axes.{axis}: W&B settings are one per sweep, not an axis")
         if axis not in AXIS_FIELDS:
             raise SpecError(f"{path}: unknown axis {axis!r}{_did_you_mean(axis, AXIS_FIELDS)}")
         if not isinstance(values, list) or not values:
@@ -203,11 +219,16 @@ def _check_shape(raw: dict[str, Any], path: Path) -> None:
         raise SpecError(f"{path}: 'max_concurrent_trials' must be a positive integer or omitted")
 
 
-def _validation_message(err: ValidationError, cell: dict[str, Any]) -> str:
+def _validation_message(
+    err: ValidationError,
+    cell: dict[str, Any],
+    prefix: str = "",
+    valid: tuple[str, ...] = AXIS_FIELDS,
+) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    loc = prefix + ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
-        message = f"unknown key {loc!r}{_did_you_mean(loc, AXIS_FIELDS)}"
+        message = f"unknown key {loc!r}{_did_you_mean(loc, valid)}"
     else:
         message = f"{loc}: " if loc else ""
         message += first["msg"].removeprefix("Value error, ")
@@ -237,8 +258,10 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     """Read, override and validate a search-space file; raise SpecError with a one-line reason."""
     path = Path(path)
     raw = _read_yaml(path)
+    wandb_requested = _merge_wandb_environment(raw, path)
     for text in overrides:
         key, value = parse_override(text)
+        wandb_requested |= key.split(".", 1)[0] == "wandb"
         _apply_override(raw, key, value, where=f"override {text!r}")
     _check_shape(raw, path)
 
@@ -270,7 +293,36 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         base=base,
         axes=axes,
         seeds=seeds,
-        storage_path=str(raw.get("storage_path") or "experiments"),
+        storage_path=str(raw.get("storage_path") or DEFAULT_STORAGE_PATH),
         max_concurrent_trials=raw.get("max_concurrent_trials"),
         trials=trials,
+        wandb=_wandb_config(raw, path, wandb_requested),
     )
+
+
+def _merge_wandb_environment(raw: dict[str, Any], path: Path) -> bool:
+    """Lay the WANDB_* variables over the file's ``wandb`` section (overrides go on top);
+    return whether W&B is asked for, by the section itself or by WANDB_MODE."""
+    try:
+        env = wandb_environment(os.environ)
+    except ValueError as err:
+        raise SpecError(str(err)) from None
+    requested = "wandb" in raw or "mode" in env
+    if env:
+        section = raw.get("wandb") or {}
+        if not isinstance(section, dict):
+            raise SpecError(f"{path}: 'wandb' must be a mapping of settings")
+        raw["wandb"] = {**section, **env}
+    return requested
+
+
+def _wandb_config(raw: dict[str, Any], path: Path, requested: bool) -> WandbConfig:
+    """The validated ``wandb`` section; W&B is off unless the file, WANDB_MODE or an override
+    asks for it."""
+    if not requested:
+        return WandbConfig(mode=WandbMode.disabled)
+    try:
+        return WandbConfig.model_validate(raw.get("wandb") or {})
+    except ValidationError as err:
+        message = _validation_message(err, {}, "wandb.", WANDB_FIELDS)
+        raise SpecError(f"{path}: {message}") from None

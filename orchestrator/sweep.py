@@ -7,12 +7,11 @@ so an interrupted or failing sweep keeps everything that finished.
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import os
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import ray
@@ -20,10 +19,20 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS
 
+from orchestrator.cluster import (
+    DRIVER_NODE_RESOURCE,
+    DRIVER_RESOURCES,
+    HEAD_DRIVER_UNITS,
+    max_concurrent_trials,
+    sweep_capacity,
+)
 from orchestrator.config import TrialConfig
 from orchestrator.experiment import ExperimentDir, TrialRecord, summarize_error
-from orchestrator.spec import SpecError, SweepSpec
-from trainables.driver import DRIVER_RESOURCES, run_trial
+from orchestrator.spec import SpecError, SweepSpec, load_spec
+from orchestrator.storage import is_uri, storage_root, upload
+from orchestrator.wandb_config import TrialTracking
+from orchestrator.wandb_views import SweepTracking
+from trainables.driver import run_trial
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +44,17 @@ WORKER_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
 }
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "SCALESWEEP_CACHE")
+# Never WANDB_API_KEY: Ray writes the runtime env in plain text to its session logs
+# (runtime_env_agent.log). Local workers inherit the key with the driver's environment; cluster
+# nodes need it in their own (a secret).
+FORWARDED_ENV = (
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "HF_HOME",
+    "SCALESWEEP_CACHE",
+    "WANDB_BASE_URL",
+)
 _NOT_REPORTED = {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag", "should_checkpoint"}
-
-
-def max_concurrent_trials(spec: SweepSpec, cluster: Mapping[str, float]) -> int:
-    """How many trials may run at once so that any mix of them fits: the cluster's capacity
-    divided by the largest gang. Raises SpecError for a trial the cluster can never place."""
-    limit = math.inf
-    for trial in spec.trials:
-        for resource, amount in trial.compute.trial_resources().items():
-            available = cluster.get(resource, 0)
-            if amount > available:
-                workers = trial.compute.num_workers
-                raise SpecError(
-                    f"trial {trial.label()} needs {amount:g} {resource} at once ({workers} "
-                    f"workers x {amount / workers:g}) but the cluster has {available:g}; lower "
-                    f"compute.num_workers or compute.cpus_per_worker, or add nodes"
-                )
-            limit = min(limit, available // amount)
-    if spec.max_concurrent_trials:
-        limit = min(limit, spec.max_concurrent_trials)
-    return max(1, int(min(limit, len(spec.trials))))
 
 
 class ExperimentWriter(tune.Callback):
@@ -67,6 +65,13 @@ class ExperimentWriter(tune.Callback):
         self.total = total
         self.records: dict[str, TrialRecord] = {}
         self.started: dict[str, float] = {}
+        self.finished_before: set[str] = set()
+
+    def setup(self, **info) -> None:
+        # A resumed sweep restores this callback as it was pickled at launch: reload what the
+        # interrupted run wrote, so finished trials keep their rows and histories.
+        self.records = {r.trial_id: r for r in self.experiment.load_records()}
+        self.finished_before = {t for t, r in self.records.items() if r.status == "TERMINATED"}
 
     def _record(self, trial: Trial) -> TrialRecord:
         if trial.trial_id not in self.records:
@@ -79,25 +84,39 @@ class ExperimentWriter(tune.Callback):
         self.experiment.write_results(list(self.records.values()))
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        if trial.trial_id in self.finished_before:
+            return  # its row stands; the trial function returns at once (see _tune_trial)
+        resumed = trial.trial_id in self.records
         record = self._record(trial)
-        record.status, record.history = "RUNNING", []
+        record.status = "RUNNING"
         self.started[trial.trial_id] = time.monotonic()
-        self.experiment.start_trial(record)
+        if not resumed:
+            self.experiment.start_trial(record)
         self._flush(trials)
-        print(f"  {_label(record)} started ({trial.trial_id})", flush=True)
+        verb = "resumed" if resumed else "started"
+        print(f"  {_label(record)} {verb} ({trial.trial_id})", flush=True)
 
     def on_trial_result(self, iteration, trials, trial: Trial, result: dict, **info) -> None:
         row = {k: v for k, v in result.items() if k not in _NOT_REPORTED}
         record = self._record(trial)
+        if record.history and row.get("epoch", 0) <= record.history[-1].get("epoch", 0):
+            # The trial restarted from an earlier checkpoint (or from scratch): its new rows
+            # replace the ones it is repeating, so each epoch appears once.
+            record.history = [h for h in record.history if h["epoch"] < row["epoch"]]
+            self.experiment.rewrite_history(trial.trial_id, record.history)
         record.history.append(row)
         self.experiment.append_history(trial.trial_id, row)
         epochs = record.config["train"]["epochs"]
         print(f"  {_label(record)} epoch {row.get('epoch')}/{epochs}: {_score(row)}", flush=True)
 
     def _finish(self, trials: list[Trial], trial: Trial, status: str, error: str = "") -> None:
+        if trial.trial_id in self.finished_before:
+            return
         record = self._record(trial)
         record.status, record.error = status, error
-        record.wall_s = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
+        # Wall time adds up over resumptions of the same trial.
+        elapsed = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
+        record.wall_s = (record.wall_s or 0.0) + elapsed
         self._flush(trials)
         done = sum(r.status in ("TERMINATED", "ERROR") for r in self.records.values())
         outcome = (
@@ -118,10 +137,12 @@ class ExperimentWriter(tune.Callback):
         self._finish(trials, trial, "ERROR", summarize_error(text))
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
+        # Only a completion or an error event finishes a row: a trial still running when the
+        # sweep stopped (Ctrl-C) is INTERRUPTED, whatever Tune calls it; `resume` continues it.
         for trial in trials:
             record = self._record(trial)
-            if record.status in ("PENDING", "RUNNING"):
-                record.status = trial.status
+            if record.status == "RUNNING":
+                record.status = "INTERRUPTED"
         self._flush(trials)
 
 
@@ -134,42 +155,131 @@ def _score(row: dict) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in scores.items()) or "no epochs reported"
 
 
-def _tune_trial(config: dict, storage_path: str) -> None:
-    """The Tune function: metrics reach Tune per epoch; returning None adds no extra result."""
-    run_trial(config, storage_path=storage_path)
+def _tune_trial(
+    config: dict,
+    storage_path: str,
+    tracking: TrialTracking | None,
+    finished: frozenset[str] = frozenset(),
+) -> None:
+    """The Tune function: metrics reach Tune per epoch; returning None adds no extra result.
+
+    ``finished``: trials a resumed sweep must not run again. Tune saves its own state every
+    few seconds, so after a killed driver it may not know that they had finished.
+    """
+    if tune.get_context().get_trial_id() in finished:
+        return
+    run_trial(config, storage_path=storage_path, tracking=tracking)
 
 
-def run_sweep(spec: SweepSpec, experiment_dir: Path, *, address: str | None = None) -> Path:
-    """Run every trial of ``spec`` on local Ray (default) or the cluster at ``address``."""
+def _job_env_vars() -> set[str]:
+    """Env vars a Ray Job's runtime env already gives every worker: Ray refuses a ray.init
+    runtime env that sets one of them again."""
+    job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))
+    return set((job_config.get("runtime_env") or {}).get("env_vars") or {})
+
+
+def run_sweep(
+    spec: SweepSpec,
+    experiment_dir: Path,
+    *,
+    address: str | None = None,
+    cluster_file: Path | None = None,
+) -> Path:
+    """Run every trial of ``spec`` on local Ray (default) or the cluster at ``address``.
+
+    Concurrency follows ``cluster_file`` at full scale when given (what the autoscaler can add),
+    else the cluster's nodes now; with a URI ``storage_path`` trial state goes there too.
+    """
     experiment = ExperimentDir(experiment_dir)
     experiment.create(spec)
-    env = WORKER_ENV | {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    # Worker logs stay in Ray's session log folder: the console gets one line per epoch and
-    # per trial, and each failed trial's traceback is saved in its trial folder.
-    ray.init(address=address or "local", runtime_env={"env_vars": env}, log_to_driver=False)
+    tracking = SweepTracking.start(spec, experiment.path)  # W&B summary run; no-op when off
+    storage = storage_root(spec.storage_path, experiment.path)
+    _init_ray(address)
     try:
-        concurrency = max_concurrent_trials(spec, ray.cluster_resources())
+        capacity = sweep_capacity(cluster_file, on_cluster=address is not None)
+        concurrency = max_concurrent_trials(spec, capacity)
         print(
-            f"sweep {spec.name}: {len(spec.trials)} trials, up to {concurrency} at once; "
-            f"results -> {experiment.path}",
+            f"sweep {spec.name}: {len(spec.trials)} trials, up to {concurrency} at once on "
+            f"{capacity.describe()}; results -> {experiment.path}",
             file=sys.stderr,
         )
-        trainable = tune.with_resources(
-            tune.with_parameters(_tune_trial, storage_path=str(experiment.path / "train")),
-            DRIVER_RESOURCES,
-        )
         tuner = tune.Tuner(
-            trainable,
+            _trainable(storage, tracking),
             param_space=spec.param_space(),
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
             run_config=tune.RunConfig(
                 name="tune",
-                storage_path=str(experiment.path),
+                storage_path=storage,
                 callbacks=[ExperimentWriter(experiment, len(spec.trials))],
                 verbose=0,  # ExperimentWriter prints one line per epoch and per trial
             ),
         )
         tuner.fit()
     finally:
-        ray.shutdown()
+        _finish(spec, experiment, storage, tracking)
     return experiment.path
+
+
+def resume_sweep(experiment_dir: Path, *, address: str | None = None) -> Path:
+    """Continue an interrupted sweep (Ctrl-C, killed driver, lost head node): finished trials
+    are kept as they are, unfinished ones resume from their latest checkpoints."""
+    experiment = ExperimentDir(experiment_dir)
+    if not (experiment.path / "spec.yaml").is_file():
+        raise SpecError(f"{experiment.path}: not an experiment directory (no spec.yaml)")
+    spec = load_spec(experiment.path / "spec.yaml")
+    storage = storage_root(spec.storage_path, experiment.path)
+    if not tune.Tuner.can_restore(f"{storage}/tune"):
+        raise SpecError(f"{experiment.path}: no Tune state to resume under {storage}/tune")
+    tracking = SweepTracking.start(spec, experiment.path)
+    _init_ray(address)
+    try:
+        print(f"resuming sweep {spec.name} in {experiment.path}", file=sys.stderr)
+        finished = frozenset(
+            r.trial_id for r in experiment.load_records() if r.status == "TERMINATED"
+        )
+        tuner = tune.Tuner.restore(
+            f"{storage}/tune",
+            trainable=_trainable(storage, tracking, finished),
+            resume_unfinished=True,
+            resume_errored=False,  # a trial that failed for a reason would fail again
+        )
+        tuner.fit()
+    finally:
+        _finish(spec, experiment, storage, tracking)
+    return experiment.path
+
+
+def _init_ray(address: str | None) -> None:
+    env = WORKER_ENV | {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env = {k: v for k, v in env.items() if k not in _job_env_vars()}
+    # Worker logs stay in Ray's session log folder: the console gets one line per epoch and
+    # per trial, and each failed trial's traceback is saved in its trial folder.
+    ray.init(
+        address=address or "local",
+        runtime_env={"env_vars": env},
+        log_to_driver=False,
+        # A local instance is its own head: it offers the resource trial drivers run on.
+        resources=None if address else {DRIVER_NODE_RESOURCE: HEAD_DRIVER_UNITS},
+    )
+
+
+def _trainable(storage: str, tracking: SweepTracking, finished: frozenset[str] = frozenset()):
+    trial_fn = tune.with_parameters(
+        _tune_trial, storage_path=f"{storage}/train", tracking=tracking.trials, finished=finished
+    )
+    return tune.with_resources(trial_fn, DRIVER_RESOURCES)
+
+
+def _finish(spec: SweepSpec, experiment: ExperimentDir, storage: str, tracking) -> None:
+    ray.shutdown()
+    tracking.finish()  # results table and scaling charts; before the upload takes the dir
+    if is_uri(spec.storage_path):
+        upload(experiment.path, storage)
+    statuses = experiment.read_results()["status"]
+    unfinished = len(spec.trials) - statuses.isin(["TERMINATED", "ERROR"]).sum()
+    if unfinished:
+        print(
+            f"sweep interrupted with {unfinished} trial(s) unfinished; continue it with:\n"
+            f"  scalesweep resume {experiment.path}",
+            file=sys.stderr,
+        )

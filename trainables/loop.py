@@ -8,6 +8,7 @@ is aggregated across workers, so rank 0's report (the one Tune sees) speaks for 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -30,8 +31,13 @@ from trainables.data import (
 )
 from trainables.metrics import build_metrics
 from trainables.models import build_model, build_tokenizer, count_parameters
+from trainables.sampling import LengthGroupedSampler, longest_first, sequence_lengths
 
-Report = Callable[[dict[str, Any]], None]
+# Gets each epoch's row, and the training state to checkpoint with it when one is due.
+Report = Callable[[dict[str, Any], dict[str, Any] | None], None]
+# Called after every optimizer step with the running counters that step-level logging needs
+# (see the call in ``fit``): totals before this epoch, and this rank's sums within it.
+StepHook = Callable[[dict[str, float]], None]
 
 
 def _world() -> tuple[int, int]:
@@ -65,14 +71,24 @@ def build_dataloaders(
     rank, world = _world()
     train_set, validation_set = tokenize_cached(task, tokenizer, trial.data.max_length, cache_dir)
     train_set = nested_subset(train_set, trial.data, trial.train.seed)
-    validation_set = validation_set.select(range(rank, len(validation_set), world))
+    # Sorted by length, so eval batches pad little; the scores do not depend on the order.
+    validation_set = longest_first(validation_set.select(range(rank, len(validation_set), world)))
     # Dynamic padding: each batch is padded to its own longest sequence, never to max_length.
     collate = DataCollatorWithPadding(
         tokenizer, pad_to_multiple_of=8 if device.type == "cuda" else None
     )
-    sampler = DistributedSampler(
-        train_set, num_replicas=world, rank=rank, shuffle=True, seed=trial.train.seed
-    )
+    if trial.train.group_by_length:
+        sampler = LengthGroupedSampler(
+            sequence_lengths(train_set),
+            trial.compute.micro_batch(),
+            num_replicas=world,
+            rank=rank,
+            seed=trial.train.seed,
+        )
+    else:
+        sampler = DistributedSampler(
+            train_set, num_replicas=world, rank=rank, shuffle=True, seed=trial.train.seed
+        )
     pin = device.type == "cuda"
     train_loader = DataLoader(
         train_set,
@@ -132,8 +148,15 @@ def fit(
     report: Report | None = None,
     device: torch.device | None = None,
     cache_dir: Path | None = None,
+    on_step: StepHook | None = None,
+    resume_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune and evaluate once per epoch; ``report`` gets each epoch's row; returns the last."""
+    """Fine-tune and evaluate once per epoch; returns the last epoch's row.
+
+    ``report(row, state)`` gets each epoch's row, with the full training state (see
+    ``training_state``) every ``train.checkpoint_every_epochs`` epochs. ``resume_from`` is such
+    a state: training continues after its epoch as if it had never stopped.
+    """
     world = _world()[1]
     cache_dir = cache_dir or default_cache_dir()
     device = device or torch.device("cuda" if trial.compute.use_gpu else "cpu")
@@ -181,10 +204,23 @@ def fit(
         "accumulation_steps": accumulation,
     }
 
-    train_time = examples_seen = train_tokens = 0.0
+    done = {"epoch": 0, "train_time": 0.0, "examples_seen": 0, "train_tokens": 0, "restarts": 0}
+    if resume_from:
+        _unwrap(model).load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        scaler.load_state_dict(resume_from["scaler"])
+        torch.set_rng_state(resume_from["rng"])
+        done = {**resume_from["progress"], "restarts": resume_from["progress"]["restarts"] + 1}
+    train_time, examples_seen, train_tokens = (
+        done["train_time"],
+        done["examples_seen"],
+        done["train_tokens"],
+    )
+    static["restarts"] = done["restarts"]
     row: dict[str, Any] = {}
     model.train()
-    for epoch in range(1, trial.train.epochs + 1):
+    for epoch in range(done["epoch"] + 1, trial.train.epochs + 1):
         train_loader.sampler.set_epoch(epoch)
         start, loss_sum, examples, tokens = time.perf_counter(), 0.0, 0, 0
         for i, batch in enumerate(train_loader):
@@ -206,6 +242,20 @@ def fit(
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if on_step:
+                    on_step(
+                        {
+                            "step": scheduler.last_epoch,  # all epochs, restored on a restart
+                            "epoch": epoch,
+                            "examples_seen": examples_seen,  # all workers, earlier epochs
+                            "train_time_s": train_time,
+                            "loss_sum": loss_sum,  # this rank, this epoch so far
+                            "examples": examples,
+                            "tokens": tokens,
+                            "seconds": time.perf_counter() - start,
+                            "lr": scheduler.get_last_lr()[0],
+                        }
+                    )
         elapsed = time.perf_counter() - start
         loss_sum, examples, tokens = _all_reduce([loss_sum, examples, tokens])
         (elapsed,) = _all_reduce([elapsed], op="max")
@@ -228,8 +278,39 @@ def fit(
             "examples_seen": int(examples_seen),
             "train_tokens": int(train_tokens),
             "lr": scheduler.get_last_lr()[0],
+            "worker_pid": os.getpid(),
             **static,
         }
+        every = trial.train.checkpoint_every_epochs
+        state = None
+        if report and every and (epoch % every == 0 or epoch == trial.train.epochs):
+            progress = {
+                "epoch": epoch,
+                "train_time": train_time,
+                "examples_seen": examples_seen,
+                "train_tokens": train_tokens,
+                "restarts": done["restarts"],
+            }
+            state = training_state(model, optimizer, scheduler, scaler, progress)
         if report:
-            report(row)
+            report(row, state)
     return row
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def training_state(model, optimizer, scheduler, scaler, progress: dict) -> dict[str, Any]:
+    """Everything needed to continue after an epoch: weights, optimizer and schedule, loss
+    scaler, RNG (dropout), counters. The sampler needs no state: each epoch's order is a
+    function of (seed, epoch), and checkpoints fall on epoch boundaries. The tensors are the
+    live ones: serialise the state before training goes on."""
+    return {
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "progress": progress,
+    }

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 from pathlib import Path
 
 import pytest
+import torch
 
 from orchestrator.config import TrialConfig
 from trainables.loop import fit
@@ -33,7 +35,11 @@ TINY = {
 
 def test_fit_reports_every_epoch_and_returns_the_last(tmp_path):
     rows = []
-    final = fit(TrialConfig.model_validate(TINY), report=rows.append, cache_dir=tmp_path)
+    final = fit(
+        TrialConfig.model_validate(TINY),
+        report=lambda row, state: rows.append(row),
+        cache_dir=tmp_path,
+    )
     assert [r["epoch"] for r in rows] == [1, 2]
     assert final == rows[-1]
     for key in (
@@ -61,6 +67,32 @@ def test_same_seed_same_metrics(tmp_path):
     second = fit(trial, cache_dir=tmp_path)
     for key in ("train_loss", "eval_loss", "eval_accuracy", "train_tokens"):
         assert first[key] == second[key]
+
+
+def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    trial = TrialConfig.model_validate({**TINY, "train": {**TINY["train"], "epochs": 3}})
+    rows, states = [], []
+
+    def keep(row, state):
+        rows.append(row)
+        buffer = io.BytesIO()  # the state shares the live tensors: serialise it, as Ray does
+        torch.save(state, buffer)
+        states.append(buffer.getvalue())
+
+    uninterrupted = fit(trial, report=keep, cache_dir=tmp_path)
+    assert all(state is not None for state in states)  # checkpoint_every_epochs defaults to 1
+    resumed_rows = []
+    resumed = fit(
+        trial,
+        report=lambda row, state: resumed_rows.append(row),
+        cache_dir=tmp_path,
+        resume_from=torch.load(io.BytesIO(states[0]), weights_only=True),
+    )
+    assert [r["epoch"] for r in resumed_rows] == [2, 3]  # no epoch twice, none missing
+    assert resumed["restarts"] == 1 and uninterrupted["restarts"] == 0
+    assert resumed["examples_seen"] == uninterrupted["examples_seen"]
+    for key in ("train_loss", "eval_loss", "eval_accuracy"):
+        assert resumed[key] == pytest.approx(uninterrupted[key], abs=1e-6)
 
 
 @pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"GLUE files not at {GLUE_DIR}")

@@ -1,0 +1,95 @@
+"""Loop efficiency: the project's worker loop through Ray Train (1 worker) vs a plain PyTorch loop.
+
+Both fine-tune pretrained MiniLM on the same MRPC subset with the same batches in the same order
+(the project's data loader at epoch 1), the same batch size and the same threads; only the loop
+and Ray differ. Training-loop time only: start-up and evaluation are per-trial overhead
+(benchmarks.trial_overhead). Runs alternate (plain, Ray, plain, Ray...) so load drifts hit both.
+Target: ratio >= 0.95.
+
+    python -m benchmarks.loop_efficiency [--train-fraction 0.1] [--batch-size 8] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import header, local_ray, mrpc_trial, plain_train_loop, print_table
+
+
+def plain_examples_per_s(config: dict[str, Any], cache_dir: Path) -> float:
+    """A plain loop, no Ray: the model as transformers loads it, the project's batches."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from orchestrator.config import TrialConfig
+    from trainables.data import load_task_data
+    from trainables.loop import build_dataloaders
+    from trainables.models import build_tokenizer
+
+    trial = TrialConfig.model_validate(config)
+    torch.set_num_threads(int(trial.compute.cpus_per_worker))
+    torch.manual_seed(trial.train.seed)
+    task = load_task_data(trial.data)
+    tokenizer = build_tokenizer(trial.model, task, cache_dir)
+    loader, _ = build_dataloaders(trial, task, tokenizer, cache_dir, torch.device("cpu"))
+    loader.sampler.set_epoch(1)  # what fit's first epoch sees
+    model = AutoModelForSequenceClassification.from_pretrained(trial.model.name, num_labels=2)
+    examples, seconds = plain_train_loop(
+        model,
+        loader,
+        lr=trial.train.lr,
+        total_steps=len(loader),
+        max_grad_norm=trial.train.max_grad_norm,
+    )
+    return examples / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-fraction", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--cpus", type=int, default=2, help="threads / CPUs of the one worker")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    header("loop efficiency: project loop via Ray Train (1 worker) / plain PyTorch loop")
+    config = mrpc_trial(
+        train_fraction=args.train_fraction, batch_size=args.batch_size, cpus=args.cpus
+    )
+    from trainables.driver import run_trial
+
+    with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
+        # The data cache is warmed by the first plain run; both then read the same files.
+        os.environ["SCALESWEEP_CACHE"] = f"{tmp}/cache"
+        rows = []
+        with local_ray():
+            for repeat in range(args.repeats):
+                plain = plain_examples_per_s(config, Path(tmp) / "cache")
+                start = time.perf_counter()
+                row = run_trial(config, storage_path=f"{tmp}/train")
+                wall = time.perf_counter() - start
+                rows.append(
+                    {
+                        "repeat": repeat,
+                        "plain_ex_per_s": plain,
+                        "ray_ex_per_s": row["examples_per_s"],
+                        "ratio": row["examples_per_s"] / plain,
+                        "trial_wall_s": wall,
+                        "train_s": row["train_time_s"],
+                    }
+                )
+                print(f"   repeat {repeat}: ratio {rows[-1]['ratio']:.3f}", flush=True)
+    print_table(rows)
+    print(f"   {row['train_examples']} examples x 1 epoch, batch {args.batch_size}, MiniLM, MRPC")
+    ratio = statistics.median(r["ratio"] for r in rows)
+    print(f"loop efficiency (median of {len(rows)}): {ratio:.3f}  (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,334 @@
+"""Cluster capacity: which trials fit a cluster, and how many run at once (no Ray at import).
+
+A cluster is the nodes it has now plus the node types its autoscaler may add, each node a dict
+of Ray resources. It is read from a cluster-launcher file (``cluster.yaml``: the head now, every
+worker type up to its ``max_workers``), a KubeRay manifest (worker groups up to
+``maxReplicas``), or a live cluster (its nodes now). A trial needs a gang: its driver's bundle
+plus one bundle per Ray Train worker. Bundles are placed first-fit on nodes that are up, and
+otherwise on a new node of the first type that holds them, as the autoscaler would add one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.config import TrialConfig
+from orchestrator.errors import UserError
+from orchestrator.spec import SweepSpec
+
+__all__ = [
+    "AUTOSCALER_CONFIG",
+    "DRIVER_NODE_RESOURCE",
+    "DRIVER_RESOURCES",
+    "HEAD_DRIVER_UNITS",
+    "Capacity",
+    "ClusterError",
+    "NodeType",
+    "cluster_now",
+    "concurrency",
+    "gangs_that_fit",
+    "load_cluster_file",
+    "max_concurrent_trials",
+    "probe",
+    "sweep_capacity",
+    "trial_gang",
+    "unplaceable",
+]
+
+# Only the head declares this resource and every trial driver requests a sliver of it, so the
+# drivers run next to the Tune driver and never on (preemptible, spot) GPU workers.
+DRIVER_NODE_RESOURCE = "trial_driver"
+# What the head declares: one unit, i.e. room for 1 / 0.001 = 1000 trial drivers.
+HEAD_DRIVER_UNITS = 1
+# What a Tune trial reserves for its driver, in Tune's resource-dict form: no CPU (the trainer's
+# workers hold the trial's CPUs and GPUs; a whole CPU per driver starves them on small machines).
+DRIVER_RESOURCES: dict[str, float] = {"cpu": 0, DRIVER_NODE_RESOURCE: 0.001}
+# Where `ray up` leaves the autoscaler's config on the head node.
+AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
+
+Resources = dict[str, float]
+_EPS = 1e-9  # float slack: 1000 drivers x 0.001 must fit in 1 unit
+
+
+class ClusterError(UserError):
+    """A cluster description that cannot be read, or trials that a cluster can never place."""
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """Nodes the autoscaler may add: their resources and how many at most."""
+
+    name: str
+    resources: Resources
+    max_count: int
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The nodes a cluster has now and the nodes its autoscaler may add."""
+
+    source: str
+    nodes: tuple[tuple[str, Resources], ...] = ()
+    node_types: tuple[NodeType, ...] = ()
+    max_added: int | None = None  # the autoscaler's cap on added nodes over all types
+
+    def describe(self) -> str:
+        """E.g. ``cluster.yaml: head + up to 8 gpu1-spot, 2 gpu4-spot``."""
+        now = Counter(name for name, _ in self.nodes)
+        parts = [", ".join(f"{n} x {name}" if n > 1 else name for name, n in now.items())]
+        if self.node_types:
+            grow = ", ".join(f"{t.max_count} {t.name}" for t in self.node_types if t.max_count)
+            cap = f" (at most {self.max_added} in all)" if self.max_added is not None else ""
+            parts.append(f"up to {grow}{cap}")
+        return f"{self.source}: " + " + ".join(p for p in parts if p)
+
+
+def _ray_name(key: str) -> str:
+    return {"cpu": "CPU", "gpu": "GPU"}.get(key, key)
+
+
+def trial_gang(trial: TrialConfig) -> list[Resources]:
+    """The bundles a trial holds at once: its driver's, then one per Ray Train worker."""
+    driver = {_ray_name(k): v for k, v in DRIVER_RESOURCES.items() if v > 0}
+    worker = {k: v for k, v in trial.compute.worker_resources().items() if v > 0}
+    return [driver] + [dict(worker) for _ in range(trial.compute.num_workers)]
+
+
+def _fits(need: Resources, free: Resources) -> bool:
+    return all(free.get(k, 0.0) + _EPS >= v for k, v in need.items())
+
+
+class _Packing:
+    """Free resources of the nodes up, plus nodes added (as the autoscaler would) on demand."""
+
+    def __init__(self, capacity: Capacity) -> None:
+        self.capacity = capacity
+        self.free = [dict(resources) for _, resources in capacity.nodes]
+        self.added: Counter[str] = Counter()
+
+    def _place(self, bundle: Resources) -> bool:
+        node = next((free for free in self.free if _fits(bundle, free)), None)
+        if node is None:
+            node = self._add_node(bundle)
+            if node is None:
+                return False
+        for k, v in bundle.items():
+            node[k] = node.get(k, 0.0) - v
+        return True
+
+    def _add_node(self, bundle: Resources) -> Resources | None:
+        cap = self.capacity.max_added
+        if cap is not None and sum(self.added.values()) >= cap:
+            return None
+        for node_type in self.capacity.node_types:
+            if self.added[node_type.name] < node_type.max_count and _fits(
+                bundle, node_type.resources
+            ):
+                self.added[node_type.name] += 1
+                self.free.append(dict(node_type.resources))
+                return self.free[-1]
+        return None
+
+    def place_gang(self, gang: list[Resources]) -> bool:
+        """Place every bundle or none (a placement group is all or nothing)."""
+        saved = ([dict(free) for free in self.free], Counter(self.added))
+        # Largest bundles first: first-fit decreasing wastes less room.
+        for bundle in sorted(gang, key=lambda b: sorted(b.values(), reverse=True), reverse=True):
+            if not self._place(bundle):
+                self.free, self.added = saved
+                return False
+        return True
+
+
+def gangs_that_fit(gang: list[Resources], capacity: Capacity, limit: int) -> int:
+    """How many copies of ``gang`` the cluster holds at once (counting up to ``limit``)."""
+    packing = _Packing(capacity)
+    count = 0
+    while count < limit and packing.place_gang(gang):
+        count += 1
+    return count
+
+
+def _fmt(resources: Resources) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in resources.items())
+
+
+def _why_unplaceable(trial: TrialConfig, capacity: Capacity) -> str:
+    driver, *workers = trial_gang(trial)
+    if not gangs_that_fit([driver], capacity, 1):
+        return (
+            f"no node offers the {DRIVER_NODE_RESOURCE!r} resource that trial drivers need "
+            f"(declare it on the head: ray start --head "
+            f"--resources='{{\"{DRIVER_NODE_RESOURCE}\": {HEAD_DRIVER_UNITS}}}')"
+        )
+    worker = workers[0]
+    if not gangs_that_fit([worker], capacity, 1):
+        return f"a worker needs {_fmt(worker)} on one node, and no node has that much"
+    fit = gangs_that_fit([worker], capacity, len(workers))
+    total = trial.compute.trial_resources()
+    return (
+        f"{len(workers)} workers need {_fmt(total)} at once, and only {fit} such workers fit; "
+        f"lower compute.num_workers or the per-worker resources, or allow more nodes"
+    )
+
+
+def unplaceable(trials: list[TrialConfig], capacity: Capacity) -> dict[str, str]:
+    """Label -> reason, for each trial whose gang the cluster can never place."""
+    problems = {}
+    for trial in trials:
+        if trial.label() not in problems and not gangs_that_fit(trial_gang(trial), capacity, 1):
+            problems[trial.label()] = _why_unplaceable(trial, capacity)
+    return problems
+
+
+def concurrency(spec: SweepSpec, capacity: Capacity) -> int:
+    """How many trials may run at once so that any mix of them fits: the fewest copies of any
+    trial's gang the cluster holds, at most the trial count and the spec's cap (0: some trial
+    never fits)."""
+    limit = min(len(spec.trials), spec.max_concurrent_trials or len(spec.trials))
+    gangs = {json.dumps(trial_gang(t), sort_keys=True): trial_gang(t) for t in spec.trials}
+    return min(gangs_that_fit(gang, capacity, limit) for gang in gangs.values())
+
+
+def max_concurrent_trials(spec: SweepSpec, capacity: Capacity) -> int:
+    """``concurrency``, or ClusterError naming the trials the cluster can never place."""
+    problems = unplaceable(spec.trials, capacity)
+    if problems:
+        label, reason = next(iter(problems.items()))
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ClusterError(
+            f"{len(problems)} trial(s) can never be placed on {capacity.describe()}: "
+            f"{label}: {reason}{more}"
+        )
+    return concurrency(spec, capacity)
+
+
+def _resources(raw: Any, where: str) -> Resources:
+    if not isinstance(raw, dict) or not raw:
+        raise ClusterError(
+            f"{where}: list the node's resources (e.g. {{CPU: 8, GPU: 1}}); the plan cannot "
+            f"look up what an instance type has"
+        )
+    return {str(k): float(v) for k, v in raw.items()}
+
+
+def _launcher_capacity(doc: dict[str, Any], path: Path) -> Capacity:
+    types = doc.get("available_node_types") or {}
+    head = doc.get("head_node_type")
+    if head not in types:
+        raise ClusterError(f"{path}: head_node_type {head!r} is not in available_node_types")
+    workers = tuple(
+        NodeType(
+            name,
+            _resources(spec.get("resources"), f"{path}: available_node_types.{name}.resources"),
+            int(spec.get("max_workers", 0)),
+        )
+        for name, spec in types.items()
+        if name != head
+    )
+    head_resources = _resources(
+        types[head].get("resources"), f"{path}: available_node_types.{head}.resources"
+    )
+    return Capacity(
+        source=path.name,
+        nodes=((head, head_resources),),
+        node_types=workers,
+        max_added=doc.get("max_workers", 2),  # the cluster launcher's default
+    )
+
+
+def _k8s_quantity(value: Any) -> float:
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _kuberay_resources(group: dict[str, Any], where: str) -> Resources:
+    """A group's Ray resources: rayStartParams first, else the container's limits."""
+    params = group.get("rayStartParams") or {}
+    containers = group.get("template", {}).get("spec", {}).get("containers") or [{}]
+    limits = containers[0].get("resources", {}).get("limits", {})
+    resources: Resources = {}
+    cpu = params.get("num-cpus", limits.get("cpu"))
+    gpu = params.get("num-gpus", limits.get("nvidia.com/gpu"))
+    if cpu is not None:
+        resources["CPU"] = _k8s_quantity(cpu)
+    if gpu is not None:
+        resources["GPU"] = _k8s_quantity(gpu)
+    if "resources" in params:
+        # KubeRay passes the value to `ray start --resources` as written: a quoted JSON string.
+        custom = json.loads(params["resources"])
+        resources |= json.loads(custom) if isinstance(custom, str) else custom
+    return _resources(resources, where)
+
+
+def _kuberay_capacity(doc: dict[str, Any], path: Path) -> Capacity:
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    autoscaling = bool(spec.get("enableInTreeAutoscaling"))
+    head = ("head", _kuberay_resources(spec["headGroupSpec"], f"{path}: headGroupSpec"))
+    fixed, grow = [], []
+    for group in spec.get("workerGroupSpecs") or []:
+        name = group["groupName"]
+        resources = _kuberay_resources(group, f"{path}: workerGroupSpecs.{name}")
+        if autoscaling:
+            grow.append(NodeType(name, resources, int(group.get("maxReplicas", 0))))
+        else:
+            fixed += [(name, resources)] * int(group.get("replicas", 0))
+    return Capacity(source=path.name, nodes=(head, *fixed), node_types=tuple(grow))
+
+
+def load_cluster_file(path: str | Path) -> Capacity:
+    """Read a cluster-launcher YAML or a KubeRay RayCluster/RayJob manifest."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ClusterError(f"{path}: no such cluster file")
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+    except yaml.YAMLError as err:
+        raise ClusterError(f"{path}: malformed YAML: {str(err).splitlines()[0]}") from None
+    for doc in docs:
+        if doc.get("kind") in ("RayCluster", "RayJob"):
+            return _kuberay_capacity(doc, path)
+        if "available_node_types" in doc:
+            return _launcher_capacity(doc, path)
+    raise ClusterError(
+        f"{path}: neither a cluster-launcher file (available_node_types) nor a KubeRay "
+        "RayCluster/RayJob manifest"
+    )
+
+
+def cluster_now() -> Capacity:
+    """The alive nodes of the Ray cluster this process is connected to (``ray.init`` done)."""
+    import ray
+
+    alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    # The head first, as in a cluster file.
+    nodes = sorted(
+        (("head" if "node:__internal_head__" in r else "worker"), dict(r)) for r in alive
+    )
+    address = ray.get_runtime_context().gcs_address
+    return Capacity(source=f"cluster at {address} now", nodes=tuple(nodes))
+
+
+def probe(address: str) -> Capacity:
+    """Connect to the cluster at ``address`` just long enough to read its nodes."""
+    import ray
+
+    ray.init(address=address, log_to_driver=False, logging_level="error")
+    try:
+        return cluster_now()
+    finally:
+        ray.shutdown()
+
+
+def sweep_capacity(cluster_file: str | Path | None, *, on_cluster: bool) -> Capacity:
+    """What a sweep may fill: the cluster file at full scale; on a cluster without one, the
+    autoscaler config that `ray up` leaves on the head; else the nodes as they are now."""
+    if cluster_file is None and on_cluster and AUTOSCALER_CONFIG.expanduser().is_file():
+        cluster_file = AUTOSCALER_CONFIG
+    return load_cluster_file(cluster_file) if cluster_file else cluster_now()

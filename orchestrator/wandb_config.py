@@ -1,0 +1,209 @@
+"""Weights & Biases settings: the search space's ``wandb`` section, what a trial's run needs,
+and ``open_run``, the one way this project starts a run (trial, sweep summary or analysis).
+
+A sweep-level setting, not a trial axis: the sweep resolves it once (file < WANDB_* variables <
+command line) and hands each trial a ``TrialTracking``. No field ever holds an API key: the key
+reaches wandb through the environment only. wandb itself is imported by ``open_run`` alone.
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import re
+import shutil
+import sys
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "TrialTracking",
+    "WandbConfig",
+    "WandbMode",
+    "has_credentials",
+    "open_run",
+    "run_id",
+    "wandb_environment",
+    "warn",
+]
+
+_FORBIDDEN = re.compile(r"[/\\#?%:]")  # W&B rejects these in project and entity names
+MAX_TAG = 64  # W&B's limit on one tag's length
+# The usual variables, and the field each one overrides. WANDB_MODE (and WANDB_DISABLED) can
+# also switch W&B on or off; the others only change a sweep that uses W&B.
+_ENV_FIELDS = {
+    "WANDB_MODE": "mode",
+    "WANDB_PROJECT": "project",
+    "WANDB_ENTITY": "entity",
+    "WANDB_RUN_GROUP": "group",
+    "WANDB_TAGS": "tags",
+}
+# wandb's own older names for the modes, still common in users' shells.
+_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
+
+
+class WandbMode(StrEnum):
+    """online: stream to the server; offline: write runs to disk for ``wandb sync``; disabled."""
+
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WandbConfig(_Frozen):
+    """The ``wandb`` section of a search space.
+
+    ``group`` defaults to the sweep's W&B name (experiment directory name plus a short token),
+    so two sweeps never share a group by accident; ``log_every_steps`` is how often (in
+    optimizer steps) the training loss, learning rate and throughput are logged.
+    """
+
+    mode: WandbMode = WandbMode.online
+    project: str = "scalesweep"
+    entity: str | None = None
+    group: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    tags: list[Annotated[str, Field(min_length=1, max_length=MAX_TAG)]] = Field(
+        default_factory=list
+    )
+    log_every_steps: Annotated[int, Field(ge=1)] = 10
+
+    @field_validator("project", "entity")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or _FORBIDDEN.search(value)):
+            raise ValueError(f"{value!r} must be non-empty and contain none of / \\ # ? % :")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode is not WandbMode.disabled
+
+
+class TrialTracking(_Frozen):
+    """What the worker that logs a trial needs: where and how, and under which run id.
+
+    The sweep builds one for all trials; the trial driver adds the trial's ``run_id`` and start
+    time (``for_trial``). Without a ``run_id`` (a trial run by hand) W&B picks one.
+    """
+
+    mode: WandbMode
+    project: str
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    log_every_steps: Annotated[int, Field(ge=1)] = 10
+    dir: str  # wandb writes its runs under <dir>/wandb/
+    sweep: str | None = None  # the sweep's W&B name: the prefix of every run id
+    axes: list[str] = Field(default_factory=list)  # dotted axis names, each becomes a tag
+    trial_id: str | None = None
+    run_id: str | None = None
+    started_at: float | None = None  # time.time() when the trial started, for its wall time
+
+    def for_trial(self, trial_id: str, started_at: float) -> TrialTracking:
+        """This tracking for one Tune trial: its deterministic run id and start time."""
+        run = run_id(self.sweep, trial_id) if self.sweep else None
+        return self.model_copy(
+            update={"trial_id": trial_id, "run_id": run, "started_at": started_at}
+        )
+
+
+def run_id(sweep: str, trial_id: str) -> str:
+    """The W&B run id of a trial (or of ``summary``/``analysis``): the same on every restart."""
+    return f"{sweep}-{trial_id}"
+
+
+def wandb_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The ``wandb`` settings that WANDB_* variables override; ValueError for a bad WANDB_MODE."""
+    values: dict[str, Any] = {}
+    for variable, key in _ENV_FIELDS.items():
+        value = environ.get(variable, "").strip()
+        if value:
+            values[key] = value
+    if "tags" in values:
+        values["tags"] = [t.strip() for t in values["tags"].split(",") if t.strip()]
+    if environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
+        values["mode"] = WandbMode.disabled.value
+    if "mode" in values:
+        mode = _MODE_ALIASES.get(values["mode"].lower(), values["mode"].lower())
+        if mode not in WandbMode.__members__:
+            raise ValueError(
+                f"WANDB_MODE={values['mode']!r} is not a mode; valid: "
+                + ", ".join(WandbMode.__members__)
+            )
+        values["mode"] = mode
+    return values
+
+
+def has_credentials(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether wandb can authenticate without asking: WANDB_API_KEY (or an identity token) in
+    the environment, or a ``wandb login`` entry in the netrc file for the W&B host."""
+    if environ.get("WANDB_API_KEY") or environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    import wandb  # its default server changes between versions
+
+    host = urlsplit(environ.get("WANDB_BASE_URL") or wandb.Settings().base_url).hostname
+    path = Path(environ.get("NETRC") or Path.home() / ".netrc").expanduser()
+    try:
+        return bool(host and path.is_file() and host in netrc.netrc(path).hosts)
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def warn(message: str) -> None:
+    """A W&B problem, in one line on stderr: it never stops a sweep or a trial."""
+    print(f"warning: W&B: {message}", file=sys.stderr, flush=True)
+
+
+def open_run(mode: WandbMode, **options: Any) -> tuple[Any, WandbMode] | None:
+    """``wandb.init(**options)`` resuming any run of the same id; (run, mode it runs in).
+
+    Online falls back to offline when the server cannot be reached, so nothing is lost; any
+    failure is a warning and None. Runs go under ``<options["dir"]>/wandb/``.
+    """
+    try:
+        import wandb
+    except ImportError as err:
+        warn(f"cannot import wandb ({err}); not logging {options.get('id') or 'this run'}")
+        return None
+    Path(options["dir"]).mkdir(parents=True, exist_ok=True)  # e.g. on a fresh worker node
+    modes = [mode, WandbMode.offline] if mode is WandbMode.online else [mode]
+    wandb_dir = Path(options["dir"]) / "wandb"
+    for candidate in modes:
+        before = set(wandb_dir.glob("*run-*"))
+        try:
+            run = wandb.init(
+                mode=candidate.value,
+                resume="allow",
+                # Never finish a run someone else holds in this process; ours closes itself.
+                reinit="create_new",
+                # No console capture (it would copy Ray's logs); wandb's banners stay quiet.
+                settings=wandb.Settings(console="off", silent=True),
+                **options,
+            )
+        # Whatever wandb raises (network, auth, quota, settings), the caller goes on.
+        except Exception as err:
+            then = "logging offline instead" if candidate is not modes[-1] else "not logged"
+            reason = " ".join(str(err).split())  # wandb's messages span lines
+            warn(
+                f"cannot start run {options.get('id') or ''} ({candidate.value}): {reason}; {then}"
+            )
+            # A failed init leaves its run id claimed in wandb's service process: only a fresh
+            # one accepts the id again. No other run is open here (a trial's rank 0, or the
+            # sweep's driver before it opens its own run).
+            wandb.teardown()
+            # Its folder holds no run, only logs (the warning says why): drop it, so the sweep
+            # keeps one run per trial on disk and `wandb sync` meets no stub.
+            for stub in set(wandb_dir.glob(f"*run-*-{options.get('id')}*")) - before:
+                shutil.rmtree(stub, ignore_errors=True)
+            continue
+        return run, candidate
+    return None

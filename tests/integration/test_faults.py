@@ -1,0 +1,140 @@
+"""Faults with real processes and real signals: a killed worker, an interrupted sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator.spec import load_spec
+from trainables.loop import fit
+
+pytestmark = pytest.mark.integration
+
+BASE = """
+name: faults
+data: {source: synthetic, synthetic_train_size: 1500, synthetic_validation_size: 200,
+       max_length: 48}
+model: {name: bert-tiny, from_scratch: true, tokenizer: wordpiece, wordpiece_vocab_size: 500}
+compute: {num_workers: 1, cpus_per_worker: 1, global_batch_size: 16}
+train: {epochs: 3, lr: 1e-3, max_failures: 1}
+"""
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    # A new session: a signal for the CLI reaches it alone, not pytest.
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _history(experiment: Path) -> list[tuple[str, list[dict]]]:
+    return [
+        (d.name, [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines() if x])
+        for d in sorted((experiment / "trials").glob("*"))
+        if (d / "history.jsonl").is_file()
+    ]
+
+
+def _table(experiment: Path) -> pd.DataFrame:
+    return pd.read_csv(experiment / "results.csv", keep_default_na=False, na_values=[""])
+
+
+def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(textwrap.dedent(BASE))
+    experiment = tmp_path / "experiment"
+    log = tmp_path / "log.txt"
+    cli = _start(["run", str(space), "-o", str(experiment)], log)
+    try:
+        histories = _wait_for(
+            lambda: [h for _, h in _history(experiment) if h], 300, "the first epoch"
+        )
+        os.kill(histories[0][0]["worker_pid"], signal.SIGKILL)  # mid-way through epoch 2
+        assert cli.wait(timeout=600) == 0, log.read_text()
+    finally:
+        cli.kill()
+
+    row = _table(experiment).iloc[0]
+    assert row["status"] == "TERMINATED", row["error"]
+    assert row["restarts"] == 1
+    [(_, history)] = _history(experiment)
+    assert [h["epoch"] for h in history] == [1, 2, 3]  # each epoch once
+    assert history[-1]["examples_seen"] == 3 * 1500
+    # The same trial run straight through, in this process: the restart changed nothing.
+    reference = fit(load_spec(space).trials[0])
+    for key in ("eval_loss", "eval_accuracy", "train_loss"):
+        assert row[key] == pytest.approx(reference[key], abs=1e-4)
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, how):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        textwrap.dedent(BASE)
+        + "axes: {data.train_fraction: [0.2, 0.4, 0.6]}\nmax_concurrent_trials: 1\n"
+    )
+    experiment = tmp_path / "experiment"
+    log = tmp_path / "run.txt"
+    cli = _start(["run", str(space), "train.epochs=2", "-o", str(experiment)], log)
+    try:
+        _wait_for(
+            lambda: (
+                (experiment / "results.csv").is_file()
+                and (_table(experiment)["status"] == "TERMINATED").any()
+            ),
+            300,
+            "a finished trial",
+        )
+        time.sleep(3)  # let Tune save its experiment state, as it does every few seconds
+        cli.send_signal(how)
+        cli.wait(timeout=120)
+    finally:
+        cli.kill()
+    if how == signal.SIGINT:
+        assert f"scalesweep resume {experiment}" in log.read_text()
+    before = _table(experiment)
+    finished = before[before["status"] == "TERMINATED"].set_index("trial_id")
+    assert 1 <= len(finished) < 3
+    finished_histories = {
+        t: (experiment / "trials" / t / "history.jsonl").read_text() for t in finished.index
+    }
+
+    resume = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "resume", str(experiment)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resume.returncode == 0, resume.stdout + resume.stderr
+
+    after = _table(experiment).set_index("trial_id")
+    assert len(after) == 3 and set(after["status"]) == {"TERMINATED"}
+    for trial_id, row in finished.iterrows():  # not re-run: same rows, same histories
+        assert after.loc[trial_id, "trial_wall_s"] == row["trial_wall_s"]
+        assert (experiment / "trials" / trial_id / "history.jsonl").read_text() == (
+            finished_histories[trial_id]
+        )
+    for trial_id, history in _history(experiment):
+        assert [h["epoch"] for h in history] == [1, 2], trial_id

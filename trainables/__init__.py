@@ -1,0 +1,1 @@
+"""Ray-side code of a trial: data, models, metrics and the worker loop."""

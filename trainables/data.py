@@ -1,0 +1,571 @@
+"""Task data: load a task's splits, take nested training subsets, tokenise once per machine.
+
+Every source (GLUE files or hub, user files, the built-in synthetic task) comes out as the same
+columns: ``text_a``, optional ``text_b``, and ``label`` (int64 class id, or float32 score).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+
+from orchestrator.config import GLUE_FILES, DataConfig
+
+__all__ = [
+    "TaskData",
+    "default_cache_dir",
+    "load_task_data",
+    "nested_subset",
+    "synthetic_pairs",
+    "tokenize_cached",
+]
+
+# Bump when loading or tokenising changes what lands in the cache, so old entries are not reused.
+_LOADER_VERSION = 1
+_TOKENIZE_VERSION = 1
+
+_HUB_GLUE = "nyu-mll/glue"
+_CLASSIFICATION_METRICS = ("accuracy", "f1")
+_REGRESSION_METRICS = ("pearson", "spearmanr")
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's training and (whole) validation split, normalised, plus what scoring it needs."""
+
+    train: datasets.Dataset
+    validation: datasets.Dataset
+    num_labels: int
+    problem_type: str
+    metric_names: tuple[str, ...]
+    label_names: tuple[str, ...] | None
+    fingerprint: str
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        return ("text_a", "text_b") if "text_b" in self.train.column_names else ("text_a",)
+
+
+def default_cache_dir() -> Path:
+    """Where tokenised datasets are cached: ``$SCALESWEEP_CACHE`` or ``~/.cache/scalesweep``."""
+    return Path(os.environ.get("SCALESWEEP_CACHE") or "~/.cache/scalesweep").expanduser()
+
+
+def load_task_data(cfg: DataConfig) -> TaskData:
+    """Load the task ``cfg`` describes, with the full training split (subset with nested_subset)."""
+    if cfg.source == "glue":
+        return _load_glue(cfg)
+    if cfg.source == "files":
+        return _load_files(cfg)
+    return _load_synthetic(cfg)
+
+
+def nested_subset(dataset: datasets.Dataset, cfg: DataConfig, seed: int) -> datasets.Dataset:
+    """The first ``cfg.subset_size`` rows of a seeded permutation.
+
+    Every fraction takes a prefix of the same permutation, so for one seed the 10% subset lies
+    inside the 25% one: data-scaling curves then differ only in how much data was added.
+    """
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    return dataset.select(order[: cfg.subset_size(len(dataset))])
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _file_identity(path: Path) -> list[object]:
+    # Size and mtime rather than a content hash: MNLI is ~300 MB and every trial loads it.
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def _make_dataset(
+    text_a: list[str], text_b: list[str] | None, labels: np.ndarray, regression: bool
+) -> datasets.Dataset:
+    columns: dict[str, object] = {"text_a": text_a}
+    features = {"text_a": datasets.Value("string")}
+    if text_b is not None:
+        columns["text_b"] = text_b
+        features["text_b"] = datasets.Value("string")
+    columns["label"] = labels
+    features["label"] = datasets.Value("float32" if regression else "int64")
+    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+# --- GLUE ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _GlueColumns:
+    """What the TSV columns of a GLUE task are called; the file layout is config.GLUE_FILES."""
+
+    text_a: str
+    text_b: str | None
+    label: str
+    file_labels: tuple[str, ...] | None  # label strings in the TSV, in hub id order; None: scores
+    label_names: tuple[str, ...] | None  # the hub's names for those ids
+    hub_text: tuple[str, ...]  # the hub dataset's text columns
+    hub_validation: str = "validation"
+
+
+_BINARY = ("0", "1")
+_NLI = ("entailment", "not_entailment")
+_COLA_COLUMNS = ("source", "label", "judgement", "sentence")  # CoLA's files have no header
+_GLUE: dict[str, _GlueColumns] = {
+    "cola": _GlueColumns(
+        "sentence", None, "label", _BINARY, ("unacceptable", "acceptable"), ("sentence",)
+    ),
+    "sst2": _GlueColumns(
+        "sentence", None, "label", _BINARY, ("negative", "positive"), ("sentence",)
+    ),
+    "mrpc": _GlueColumns(
+        "#1 String", "#2 String", "Quality", _BINARY, ("not_equivalent", "equivalent"),
+        ("sentence1", "sentence2"),
+    ),
+    "stsb": _GlueColumns("sentence1", "sentence2", "score", None, None, ("sentence1", "sentence2")),
+    "qqp": _GlueColumns(
+        "question1", "question2", "is_duplicate", _BINARY, ("not_duplicate", "duplicate"),
+        ("question1", "question2"),
+    ),
+    "mnli": _GlueColumns(
+        "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
+        ("entailment", "neutral", "contradiction"), ("premise", "hypothesis"),
+        hub_validation="validation_matched",
+    ),
+    "qnli": _GlueColumns("question", "sentence", "label", _NLI, _NLI, ("question", "sentence")),
+    "rte": _GlueColumns("sentence1", "sentence2", "label", _NLI, _NLI, ("sentence1", "sentence2")),
+    "wnli": _GlueColumns(
+        "sentence1", "sentence2", "label", _BINARY, ("not_entailment", "entailment"),
+        ("sentence1", "sentence2"),
+    ),
+}  # fmt: skip
+
+
+def _glue_metrics(task: str) -> tuple[str, ...]:
+    if task in ("mrpc", "qqp"):
+        return _CLASSIFICATION_METRICS
+    if task == "cola":
+        return ("matthews_correlation", "accuracy")
+    if task == "stsb":
+        return _REGRESSION_METRICS
+    return ("accuracy",)
+
+
+def _read_tsv(path: Path, names: tuple[str, ...] | None = None) -> pd.DataFrame:
+    # QUOTE_NONE: GLUE sentences may begin with an unbalanced quote, which default quoting would
+    # swallow into the next field. keep_default_na=False and dtype=str keep "NA", "null" and ""
+    # as the text they are; utf-8-sig drops MRPC's byte-order mark.
+    try:
+        return pd.read_csv(
+            path,
+            sep="\t",
+            quoting=csv.QUOTE_NONE,
+            keep_default_na=False,
+            dtype=str,
+            encoding="utf-8-sig",
+            header=None if names else 0,
+            names=list(names) if names else None,
+        )
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{path}: not a well-formed TSV file: {err}") from err
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path, what: str) -> None:
+    for column in columns:
+        if column not in frame.columns:
+            raise ValueError(
+                f"{path}: no {what} column {column!r}; columns present: {list(frame.columns)}"
+            )
+
+
+def _read_glue_split(path: Path, columns: _GlueColumns, has_header: bool) -> datasets.Dataset:
+    frame = _read_tsv(path, None if has_header else _COLA_COLUMNS)
+    text = [columns.text_a] + ([columns.text_b] if columns.text_b else [])
+    _require_columns(frame, [*text, columns.label], path, "GLUE")
+    raw = frame[columns.label]
+    regression = columns.file_labels is None
+    if regression:
+        labels = pd.to_numeric(raw, errors="coerce").to_numpy(np.float32)
+    else:
+        labels = raw.map({name: i for i, name in enumerate(columns.file_labels)}).to_numpy()
+    bad = np.flatnonzero(pd.isna(labels))
+    if len(bad):
+        raise ValueError(
+            f"{path}: row {bad[0] + 1} has label {raw.iloc[bad[0]]!r} in column "
+            f"{columns.label!r}; expected {'a number' if regression else list(columns.file_labels)}"
+        )
+    return _make_dataset(
+        frame[columns.text_a].tolist(),
+        frame[columns.text_b].tolist() if columns.text_b else None,
+        labels if regression else labels.astype(np.int64),
+        regression,
+    )
+
+
+def _load_glue(cfg: DataConfig) -> TaskData:
+    files, columns = GLUE_FILES[cfg.task], _GLUE[cfg.task]
+    expected = f"{files.directory}/train.tsv and {files.directory}/{files.validation_file}"
+    if cfg.glue_dir:
+        task_dir = Path(cfg.glue_dir).expanduser() / files.directory
+        paths = [task_dir / "train.tsv", task_dir / files.validation_file]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"GLUE task {cfg.task}: {path} not found; glue_dir (or $GLUE_DIR) must hold "
+                    f"the standard glue_data layout: {expected}"
+                )
+        train, validation = (_read_glue_split(p, columns, files.has_header) for p in paths)
+        fingerprint = _fingerprint(
+            "glue-files", _LOADER_VERSION, cfg.task, [_file_identity(p) for p in paths]
+        )
+    else:
+        try:
+            splits = datasets.load_dataset(_HUB_GLUE, cfg.task)
+        except OSError as err:  # offline, unreachable or not cached (ConnectionError is one)
+            raise OSError(
+                f"could not load GLUE task {cfg.task} from the Hugging Face hub ({_HUB_GLUE}): "
+                f"{err}. Offline, set data.glue_dir (or $GLUE_DIR) to a local glue_data "
+                f"directory holding {expected}"
+            ) from err
+        train, validation = splits["train"], splits[columns.hub_validation]
+        # The hub datasets' own fingerprints identify the cached Arrow files they come from.
+        fingerprint = _fingerprint(
+            "glue-hub", _LOADER_VERSION, cfg.task, train._fingerprint, validation._fingerprint
+        )
+        train, validation = _from_hub(train, columns), _from_hub(validation, columns)
+    return TaskData(
+        train=train,
+        validation=validation,
+        num_labels=files.num_labels,
+        problem_type="regression" if columns.file_labels is None else "classification",
+        metric_names=_glue_metrics(cfg.task),
+        label_names=columns.label_names,
+        fingerprint=fingerprint,
+    )
+
+
+def _from_hub(split: datasets.Dataset, columns: _GlueColumns) -> datasets.Dataset:
+    """The hub's columns renamed to ours; its ClassLabel ids become plain int64, like the files."""
+    renames = dict(zip(columns.hub_text, ("text_a", "text_b"), strict=False))
+    split = split.select_columns([*columns.hub_text, "label"]).rename_columns(renames)
+    label_type = "float32" if columns.file_labels is None else "int64"
+    return split.cast_column("label", datasets.Value(label_type))
+
+
+# --- user files ------------------------------------------------------------------------------
+
+_READERS = {
+    ".csv": lambda p: pd.read_csv(p, keep_default_na=False, dtype=str, encoding="utf-8-sig"),
+    ".tsv": _read_tsv,
+    ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
+    ".json": lambda p: pd.read_json(p, lines=True, dtype=False),
+    ".parquet": pd.read_parquet,
+}
+_INT_LABEL = re.compile(r"-?\d+")
+
+
+def _read_table(path: Path, field: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"data.{field}: {path} not found")
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise ValueError(
+            f"data.{field}: {path} has an unsupported extension; use one of {', '.join(_READERS)}"
+        )
+    return reader(path)
+
+
+def _texts(frame: pd.DataFrame, column: str, path: Path) -> list[str]:
+    values = frame[column]
+    missing = np.flatnonzero(values.isna().to_numpy())
+    if len(missing):
+        raise ValueError(f"{path}: column {column!r} is empty in row {missing[0] + 1}")
+    return values.astype(str).tolist()
+
+
+def _label_keys(frame: pd.DataFrame, column: str, path: Path) -> list[str]:
+    values = frame[column]
+    missing = np.flatnonzero(values.isna().to_numpy())
+    if len(missing):
+        raise ValueError(f"{path}: label column {column!r} is empty in row {missing[0] + 1}")
+    # Compare labels as text so "1" in a CSV and 1 in a JSON file are the same class.
+    return values.astype(str).tolist()
+
+
+def _class_ids(
+    train_keys: list[str], validation_keys: list[str], validation_path: Path
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    classes = sorted(set(train_keys))
+    if all(_INT_LABEL.fullmatch(key) for key in classes):
+        classes.sort(key=int)  # integer labels 0..K-1 keep their own values as ids
+    ids = {key: i for i, key in enumerate(classes)}
+    unknown = next((key for key in validation_keys if key not in ids), None)
+    if unknown is not None:
+        raise ValueError(
+            f"{validation_path}: label {unknown!r} does not occur in the training file; "
+            f"training labels: {classes}"
+        )
+    to_ids = np.vectorize(ids.__getitem__, otypes=[np.int64])
+    return to_ids(train_keys), to_ids(validation_keys), tuple(classes)
+
+
+def _scores(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    scores = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float32)
+    bad = np.flatnonzero(np.isnan(scores))
+    if len(bad):
+        raise ValueError(
+            f"{path}: row {bad[0] + 1} of label column {column!r} is "
+            f"{frame[column].iloc[bad[0]]!r}, not a number (problem_type is regression)"
+        )
+    return scores
+
+
+def _file_metrics(regression: bool, label_names: tuple[str, ...] | None) -> tuple[str, ...]:
+    if regression:
+        return _REGRESSION_METRICS
+    # Binary F1 scores class 1 (the second label in sorted order); with more classes it is moot.
+    return _CLASSIFICATION_METRICS if len(label_names) == 2 else ("accuracy",)
+
+
+def _load_files(cfg: DataConfig) -> TaskData:
+    paths = {
+        "train_file": Path(cfg.train_file).expanduser(),
+        "validation_file": Path(cfg.validation_file).expanduser(),
+    }
+    frames = {}
+    for field, path in paths.items():
+        frame = _read_table(path, field)
+        _require_columns(frame, cfg.text_columns, path, "text")
+        _require_columns(frame, [cfg.label_column], path, "label")
+        frames[field] = frame
+    train_path, validation_path = paths["train_file"], paths["validation_file"]
+    regression = cfg.problem_type == "regression"
+    if regression:
+        train_labels = _scores(frames["train_file"], cfg.label_column, train_path)
+        validation_labels = _scores(frames["validation_file"], cfg.label_column, validation_path)
+        label_names = None
+    else:
+        train_labels, validation_labels, label_names = _class_ids(
+            _label_keys(frames["train_file"], cfg.label_column, train_path),
+            _label_keys(frames["validation_file"], cfg.label_column, validation_path),
+            validation_path,
+        )
+    split_data = {}
+    for field, labels in (("train_file", train_labels), ("validation_file", validation_labels)):
+        frame, path = frames[field], paths[field]
+        texts = [_texts(frame, column, path) for column in cfg.text_columns]
+        split_data[field] = _make_dataset(
+            texts[0], texts[1] if len(texts) == 2 else None, labels, regression
+        )
+    return TaskData(
+        train=split_data["train_file"],
+        validation=split_data["validation_file"],
+        num_labels=1 if regression else len(label_names),
+        problem_type=cfg.problem_type,
+        metric_names=_file_metrics(regression, label_names),
+        label_names=label_names,
+        fingerprint=_fingerprint(
+            "files",
+            _LOADER_VERSION,
+            [_file_identity(p) for p in paths.values()],
+            cfg.text_columns,
+            cfg.label_column,
+            cfg.problem_type,
+        ),
+    )
+
+
+# --- synthetic -------------------------------------------------------------------------------
+
+# Difficulty knobs of the built-in task (see synthetic_pairs). Measured with a from-scratch
+# 2-layer BERT (hidden 128, lr 1e-3): ~0.72 validation accuracy from 4000 pairs, ~0.76 from
+# 16000; word valences alone allow ~0.76, handling negation ~0.95 (the label noise caps it).
+_CONCEPTS = 300
+_SYNONYMS = (2, 3)  # inclusive range of surface words per concept
+_NEUTRAL = 0.5  # share of concepts without valence (filler)
+_ZIPF = 1.0  # concept frequency ~ 1 / rank**_ZIPF: rare words need more data to learn
+_LENGTH = (5, 12)  # inclusive range of concepts per sentence
+_NEGATORS = 3  # words that flip the valence of the word after them
+_NEGATION = 0.15  # chance that a word is preceded by a negator
+_LABEL_NOISE = 0.05
+_ONSETS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+_SPLITS = ("train", "validation")
+_SYNTHETIC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _Lexicon:
+    words: list[list[str]]  # concept -> its synonyms
+    valence: np.ndarray  # concept -> -2..2, 0 for filler
+    frequency: np.ndarray  # concept -> sampling probability
+    negators: list[str]
+
+
+def _lexicon(seed: int) -> _Lexicon:
+    """Distinct pseudo-words of two or three syllables, with valences and Zipf frequencies."""
+    rng = np.random.default_rng([seed, 0])
+    syllables = [onset + vowel for onset in _ONSETS for vowel in _VOWELS]
+    used: set[str] = set()
+
+    def new_word() -> str:
+        word = ""
+        while not word or word in used:
+            word = "".join(rng.choice(syllables, size=rng.integers(2, 4)))
+        used.add(word)
+        return word
+
+    words = [
+        [new_word() for _ in range(rng.integers(_SYNONYMS[0], _SYNONYMS[1] + 1))]
+        for _ in range(_CONCEPTS)
+    ]
+    valence = rng.choice([-2, -1, 1, 2], size=_CONCEPTS) * (rng.random(_CONCEPTS) >= _NEUTRAL)
+    frequency = 1 / np.arange(1, _CONCEPTS + 1) ** _ZIPF
+    negators = [new_word() for _ in range(_NEGATORS)]
+    return _Lexicon(words, valence, frequency / frequency.sum(), negators)
+
+
+def _sentence(rng: np.random.Generator, lexicon: _Lexicon) -> tuple[str, int]:
+    """A sentence and its score: the sum of its words' valences, negated ones counting minus."""
+    size = rng.integers(_LENGTH[0], _LENGTH[1] + 1)
+    words, score = [], 0
+    for concept in rng.choice(_CONCEPTS, size=size, p=lexicon.frequency):
+        sign = 1
+        if rng.random() < _NEGATION:
+            words.append(lexicon.negators[rng.integers(_NEGATORS)])
+            sign = -1
+        synonyms = lexicon.words[concept]
+        words.append(synonyms[rng.integers(len(synonyms))])
+        score += sign * lexicon.valence[concept]
+    return " ".join(words), int(score)
+
+
+def synthetic_pairs(size: int, seed: int, *, split: str = "train") -> datasets.Dataset:
+    """The built-in sentence-pair task: is sentence B more positive than sentence A? (label 1)
+
+    Sentences are strings of pseudo-words (a lexicon drawn from ``seed``): concepts with two or
+    three synonyms, half of them carrying a valence of +-1 or +-2, at Zipf frequencies, some
+    preceded by a negator that flips the valence. A sentence's score is the sum. Learning word
+    valences from the labels alone gets a small model well above chance; rare words reward more
+    data, and negation (an interaction between neighbouring words) rewards capacity. Labels
+    alternate (exactly balanced) and ~5% are flipped as noise.
+
+    ``split`` picks an independent stream of pairs over the same lexicon, so validation pairs
+    are not training pairs. Rows are prefix-stable: a larger ``size`` only appends rows.
+    """
+    lexicon = _lexicon(seed)
+    rng = np.random.default_rng([seed, 1 + _SPLITS.index(split)])
+    text_a, text_b, labels = [], [], np.arange(size, dtype=np.int64) % 2
+    for label in labels:
+        b_higher = bool(label) != (rng.random() < _LABEL_NOISE)
+        (a, score_a), (b, score_b) = _sentence(rng, lexicon), _sentence(rng, lexicon)
+        while score_a == score_b:  # a tie has no right answer
+            b, score_b = _sentence(rng, lexicon)
+        if (score_b > score_a) != b_higher:
+            a, b = b, a
+        text_a.append(a)
+        text_b.append(b)
+    return _make_dataset(text_a, text_b, labels, regression=False)
+
+
+def _load_synthetic(cfg: DataConfig) -> TaskData:
+    seed = cfg.synthetic_seed
+    return TaskData(
+        train=synthetic_pairs(cfg.synthetic_train_size, seed, split="train"),
+        validation=synthetic_pairs(cfg.synthetic_validation_size, seed, split="validation"),
+        num_labels=2,
+        problem_type="classification",
+        metric_names=_CLASSIFICATION_METRICS,
+        label_names=("a_higher", "b_higher"),
+        fingerprint=_fingerprint(
+            "synthetic",
+            _LOADER_VERSION,
+            _SYNTHETIC_VERSION,
+            seed,
+            cfg.synthetic_train_size,
+            cfg.synthetic_validation_size,
+        ),
+    )
+
+
+# --- tokenisation ----------------------------------------------------------------------------
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    """A hash of what decides the token ids: vocabulary plus normaliser and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        state: object = sorted(tokenizer.get_vocab().items())
+    else:
+        state = json.loads(backend.to_str())
+        # Truncation/padding are set on the backend by each call, not part of its identity.
+        state.pop("truncation", None)
+        state.pop("padding", None)
+    return _fingerprint(type(tokenizer).__name__, state)
+
+
+def _cache_key(task: TaskData, tokenizer, max_length: int) -> str:
+    return _fingerprint(
+        _TOKENIZE_VERSION,
+        task.fingerprint,
+        tokenizer.name_or_path,
+        _tokenizer_digest(tokenizer),
+        max_length,
+    )[:32]
+
+
+def _tokenize_splits(task: TaskData, tokenizer, max_length: int, key: str) -> datasets.DatasetDict:
+    """Token ids of both splits, truncated but unpadded (the collator pads per batch)."""
+    text_columns = list(task.text_columns)
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        return tokenizer(*(batch[c] for c in text_columns), truncation=True, max_length=max_length)
+
+    splits = {}
+    for name, split in (("train", task.train), ("validation", task.validation)):
+        # An explicit fingerprint spares datasets from hashing the tokenizer (slow, noisy logs).
+        encoded = split.map(
+            encode, batched=True, remove_columns=text_columns, new_fingerprint=f"{key}-{name}"
+        )
+        splits[name] = encoded.rename_column("label", "labels")
+    return datasets.DatasetDict(splits)
+
+
+def tokenize_cached(
+    task: TaskData, tokenizer, max_length: int, cache_dir: Path
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Tokenised (train, validation), built once per data, tokenizer and max_length.
+
+    The result is saved under ``cache_dir/<key>``; later calls, from any process on the machine,
+    memory-map it. A file lock makes concurrent workers wait for one build instead of repeating
+    it, and the build is written to a temporary directory then renamed, so a crashed build never
+    leaves a half-written entry behind.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = _cache_key(task, tokenizer, max_length)
+    target = cache_dir / key
+    if not target.is_dir():
+        with FileLock(str(cache_dir / f"{key}.lock")):
+            if not target.is_dir():  # another process may have built it while we waited
+                staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+                try:
+                    _tokenize_splits(task, tokenizer, max_length, key).save_to_disk(staging)
+                    staging.rename(target)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+    splits = datasets.load_from_disk(str(target))
+    return splits["train"], splits["validation"]
