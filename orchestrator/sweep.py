@@ -191,7 +191,11 @@ def run_sweep(
     else the cluster's nodes now; with a URI ``storage_path`` trial state goes there too.
     """
     experiment = ExperimentDir(experiment_dir)
-    experiment.create(spec)
+    _check_data(spec)
+    try:
+        experiment.create(spec)
+    except OSError as err:
+        raise SpecError(f"cannot write the experiment directory {experiment.path}: {err}") from None
     tracking = SweepTracking.start(spec, experiment.path)  # W&B summary run; no-op when off
     storage = storage_root(spec.storage_path, experiment.path)
     _init_ray(address)
@@ -247,6 +251,22 @@ def resume_sweep(experiment_dir: Path, *, address: str | None = None) -> Path:
     finally:
         _finish(spec, experiment, storage, tracking)
     return experiment.path
+
+
+def _check_data(spec: SweepSpec) -> None:
+    """Load every distinct data source once, before Ray starts: a missing column, a label
+    outside the label set or an unreachable dataset is a one-line error, not N failed trials."""
+    from trainables.data import load_task_data
+
+    sources = {
+        t.data.model_dump_json(exclude={"train_fraction", "max_length"}): t.data
+        for t in spec.trials
+    }
+    for data in sources.values():
+        try:
+            load_task_data(data)
+        except (OSError, ValueError) as err:
+            raise SpecError(f"{spec.path}: data: {str(err).strip().splitlines()[0]}") from None
 
 
 def _init_ray(address: str | None) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -80,7 +81,7 @@ def _alive_nodes(address: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_nodes(ray_env) -> Iterator[tuple[Cluster, Path]]:
-    temp = _short_temp_dir("mn") / "ray"
+    temp = _short_temp_dir("scalesweep-mn-") / "ray"
     temp.mkdir()
     # Cluster records its address in Ray's default temp dir (<RAY_TMPDIR>/ray): keep it ours.
     ray_env.setenv("RAY_TMPDIR", str(temp.parent))
@@ -98,6 +99,7 @@ def two_nodes(ray_env) -> Iterator[tuple[Cluster, Path]]:
         yield cluster, temp
     finally:
         cluster.shutdown()
+        shutil.rmtree(temp.parent, ignore_errors=True)
 
 
 def test_a_two_worker_trial_spreads_over_two_nodes_with_shared_storage(two_nodes, tmp_path):
@@ -197,7 +199,7 @@ def _mentioning(text: str) -> list[int]:
 @pytest.fixture(scope="module")
 def autoscaling_cluster(ray_env) -> Iterator[tuple[str, Path, Path]]:
     """A head with the fake multi-node autoscaler and no worker nodes: (address, config, logs)."""
-    temp = _short_temp_dir("as")
+    temp = _short_temp_dir("scalesweep-as-")
     port = _free_port()
     address = f"127.0.0.1:{port}"
     config = {
@@ -280,6 +282,7 @@ def autoscaling_cluster(ray_env) -> Iterator[tuple[str, Path, Path]]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         head.wait(timeout=30)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_autoscaler_adds_gpu_like_nodes_for_a_sweep_and_removes_them_after(
@@ -309,7 +312,7 @@ def test_autoscaler_adds_gpu_like_nodes_for_a_sweep_and_removes_them_after(
     assert list(table["status"]) == ["TERMINATED", "TERMINATED"]
     used = set(table["worker_node_ids"])
     print(f"trials ran on added nodes {sorted(used)}")
-    assert head["NodeID"] not in used
+    assert head["NodeID"] not in used and len(used) == 2  # one new node per concurrent trial
 
     deadline = time.monotonic() + 90
     while len(nodes := _alive_nodes(address)) > 1 and time.monotonic() < deadline:
@@ -318,5 +321,5 @@ def test_autoscaler_adds_gpu_like_nodes_for_a_sweep_and_removes_them_after(
     monitor = (logs / "monitor.log").read_text()
     added = re.findall(rf"Adding (\d+) node\(s\) of type {GPU_NODE_TYPE}", monitor)
     removed = re.findall(rf"Removing (\d+) nodes of type {GPU_NODE_TYPE} \(idle\)", monitor)
-    print(f"monitor.log: added {added}, removed (idle) {removed}")
-    assert sum(map(int, added)) == sum(map(int, removed)) >= len(used)
+    print(f"monitor.log: 'Adding' {added}, 'Removing (idle)' {removed}")
+    assert added and sum(map(int, removed)) >= len(used)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cli import main
 from orchestrator.config import BatchScaling, ComputeConfig
 from orchestrator.spec import SpecError, load_spec, parse_override
 
@@ -130,7 +131,7 @@ def test_overrides_set_values_and_replace_axes(tmp_path):
         ),
     ],
 )
-def test_bad_files_give_one_line_errors(tmp_path, text, message):
+def test_bad_files_give_one_line_errors_and_exit_2(tmp_path, capsys, text, message):
     path = write(tmp_path, text)
     with pytest.raises(SpecError) as info:
         load_spec(path)
@@ -138,6 +139,8 @@ def test_bad_files_give_one_line_errors(tmp_path, text, message):
     assert message in text
     assert str(path) in text
     assert "\n" not in text
+    assert main(["plan", str(path)]) == 2
+    assert capsys.readouterr().err == f"error: {text}\n"  # one line, no traceback
 
 
 def test_error_names_the_grid_cell(tmp_path):
