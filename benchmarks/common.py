@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -111,6 +112,75 @@ def plain_train_loop(
         optimizer.zero_grad(set_to_none=True)
         examples += batch["labels"].shape[0]
     return examples, time.perf_counter() - start
+
+
+class TreeCPU:
+    """CPU-seconds used by this process and all its descendants (a local Ray instance and its
+    workers included), sampled from /proc every ``interval`` s. Unlike wall time it barely
+    moves with the machine's load. Linux only; a process's last < ``interval`` s is missed."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.used: dict[int, float] = {}  # pid -> most CPU-seconds seen
+        self.names: dict[int, str] = {}  # pid -> process title, e.g. ray::TrainController
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        parents, cpu = {}, {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended while we looked
+                continue
+            pid = int(stat.parent.name)
+            parents[pid] = int(fields[1])
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tree, frontier = {os.getpid()}, [os.getpid()]
+        children: dict[int, list[int]] = {}
+        for pid, parent in parents.items():
+            children.setdefault(parent, []).append(pid)
+        while frontier:
+            for child in children.get(frontier.pop(), []):
+                tree.add(child)
+                frontier.append(child)
+        for pid in tree & cpu.keys():
+            self.used[pid] = max(self.used.get(pid, 0.0), cpu[pid])
+            if pid not in self.names:
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                # Ray names its actor processes ray::<Class>; otherwise the script or binary.
+                title = argv[0].decode() if argv[0].startswith(b"ray::") else ""
+                self.names[pid] = title or " ".join(Path(a.decode()).name for a in argv[:2])
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> TreeCPU:
+        self._sample()
+        self.start = dict(self.used)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.by_name().values())
+
+    def by_name(self) -> dict[str, float]:
+        """CPU-seconds per process title, largest first: where the time went."""
+        totals: dict[str, float] = {}
+        for pid, used in self.used.items():
+            name = self.names.get(pid, "?")
+            totals[name] = totals.get(name, 0.0) + used - self.start.get(pid, 0.0)
+        return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

@@ -5,7 +5,9 @@ by ``orchestrator.sweep.run_sweep``, the path ``scalesweep run`` takes, one tria
 default so the trials do not share the cores. Per trial: ``trial_wall_s`` (the sweep's clock,
 trial start to completion) minus ``train_time_s`` (the training loop); evaluation and start-up
 are overhead. Per sweep: makespan (the ``run_sweep`` call, ``ray.init`` included) over the sum
-of training time. The data cache starts empty, as on a new machine.
+of training time, and the CPU-seconds all its processes used per trial (``TreeCPU``: what the
+fixed cost is made of, and a figure that the machine's load barely moves). The data cache
+starts empty, as on a new machine.
 Baseline ~12 s of overhead per trial; target <= 6 s.
 
     python -m benchmarks.trial_overhead [--trials 4] [--workers 1] [--concurrent 1]
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.common import header, print_table
+from benchmarks.common import TreeCPU, header, print_table
 
 SPACE = """
 name: overhead
@@ -62,7 +64,8 @@ def main() -> None:
             )
         )
         start = time.perf_counter()
-        experiment = run_sweep(load_spec(space), Path(tmp) / "experiment")
+        with TreeCPU() as cpu:
+            experiment = run_sweep(load_spec(space), Path(tmp) / "experiment")
         makespan = time.perf_counter() - start
         table = pd.read_csv(experiment / "results.csv")
         rows = []
@@ -84,6 +87,11 @@ def main() -> None:
     train = sum(r["train_s"] for r in rows)
     print(f"median per-trial overhead: {overhead:.1f}s  (baseline ~12 s; target <= 6 s)")
     print(f"sweep makespan {makespan:.0f}s / sum of training {train:.1f}s = {makespan / train:.1f}")
+    print(f"CPU-seconds per trial, all processes, ray.init included: {cpu.seconds / len(rows):.1f}")
+    print("   by process (CPU-seconds per trial):")
+    for name, seconds in cpu.by_name().items():
+        if seconds / len(rows) >= 0.1:
+            print(f"   {seconds / len(rows):6.2f}  {name[:70]}")
 
 
 if __name__ == "__main__":

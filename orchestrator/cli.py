@@ -7,7 +7,7 @@ Examples:
   scalesweep run search_spaces/mrpc_bert_ladder.yaml train.lr=3e-5 --address auto
   scalesweep run search_spaces/mrpc_bert_ladder.yaml --address auto --cluster cluster.yaml
   scalesweep run search_spaces/quickstart.yaml 'axes.model.name=[bert-tiny]' -o experiments/try1
-  scalesweep run search_spaces/quickstart.yaml --wandb online wandb.project=my-scaling
+  scalesweep run search_spaces/quickstart.yaml wandb.project=my-scaling --wandb online
   scalesweep resume experiments/quickstart
   scalesweep results experiments/quickstart
   scalesweep analyze experiments/quickstart --target 0.8 --price-per-gpu-hour 2.5

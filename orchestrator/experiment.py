@@ -7,6 +7,7 @@
 <dir>/trials/<trial_id>/history.jsonl  one row per epoch, as reported
 <dir>/trials/<trial_id>/error.txt   the traceback of a failed trial
 <dir>/tune/, <dir>/train/           Ray Tune and Ray Train state (restore, checkpoints)
+<dir>/wandb/                        W&B run files (a view of the above; sweep.json: its W&B name)
 """
 
 from __future__ import annotations

@@ -3,11 +3,13 @@ and ``open_run``, the one way this project starts a run (trial, sweep summary or
 
 A sweep-level setting, not a trial axis: the sweep resolves it once (file < WANDB_* variables <
 command line) and hands each trial a ``TrialTracking``. No field ever holds an API key: the key
-reaches wandb through the environment only. wandb itself is imported by ``open_run`` alone.
+reaches wandb through the environment only. wandb itself is imported inside the functions
+that need it, so loading a search space never pays for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import netrc
 import os
 import re
@@ -43,6 +45,9 @@ _ENV_FIELDS = {
     "WANDB_RUN_GROUP": "group",
     "WANDB_TAGS": "tags",
 }
+# A worker killed mid-trial (preemption, OOM) loses what wandb has not yet written to its run
+# file: at most this many seconds of it, instead of wandb's default 15.
+_FLUSH_SETTING, _FLUSH_EVERY_S = "x_transaction_log_flush_interval", 2.0
 # wandb's own older names for the modes, still common in users' shells.
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
 
@@ -174,9 +179,17 @@ def open_run(mode: WandbMode, **options: Any) -> tuple[Any, WandbMode] | None:
     except ImportError as err:
         warn(f"cannot import wandb ({err}); not logging {options.get('id') or 'this run'}")
         return None
-    Path(options["dir"]).mkdir(parents=True, exist_ok=True)  # e.g. on a fresh worker node
+    try:
+        Path(options["dir"]).mkdir(parents=True, exist_ok=True)  # e.g. on a fresh worker node
+    except OSError as err:
+        warn(f"cannot create {options['dir']} ({err}); not logging {options.get('id') or ''}")
+        return None
     modes = [mode, WandbMode.offline] if mode is WandbMode.online else [mode]
     wandb_dir = Path(options["dir"]) / "wandb"
+    # No console capture (it would copy Ray's logs); wandb's banners stay quiet.
+    settings = {"console": "off", "silent": True}
+    if _FLUSH_SETTING in wandb.Settings.model_fields:  # an experimental setting: if still there
+        settings[_FLUSH_SETTING] = _FLUSH_EVERY_S
     for candidate in modes:
         before = set(wandb_dir.glob("*run-*"))
         try:
@@ -185,8 +198,7 @@ def open_run(mode: WandbMode, **options: Any) -> tuple[Any, WandbMode] | None:
                 resume="allow",
                 # Never finish a run someone else holds in this process; ours closes itself.
                 reinit="create_new",
-                # No console capture (it would copy Ray's logs); wandb's banners stay quiet.
-                settings=wandb.Settings(console="off", silent=True),
+                settings=wandb.Settings(**settings),
                 **options,
             )
         # Whatever wandb raises (network, auth, quota, settings), the caller goes on.
@@ -198,8 +210,9 @@ def open_run(mode: WandbMode, **options: Any) -> tuple[Any, WandbMode] | None:
             )
             # A failed init leaves its run id claimed in wandb's service process: only a fresh
             # one accepts the id again. No other run is open here (a trial's rank 0, or the
-            # sweep's driver before it opens its own run).
-            wandb.teardown()
+            # CLI's driver process, which holds one run at a time).
+            with contextlib.suppress(Exception):
+                wandb.teardown()
             # Its folder holds no run, only logs (the warning says why): drop it, so the sweep
             # keeps one run per trial on disk and `wandb sync` meets no stub.
             for stub in set(wandb_dir.glob(f"*run-*-{options.get('id')}*")) - before:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import yaml
+from pydantic import ValidationError
 
 from orchestrator.errors import UserError
 from orchestrator.experiment import ExperimentDir
@@ -38,7 +39,7 @@ from orchestrator.wandb_config import (
     wandb_environment,
     warn,
 )
-from orchestrator.wandb_files import RunFile, find_run_files, read_run
+from orchestrator.wandb_files import RunFile, RunLog, find_run_files, read_run
 
 if TYPE_CHECKING:
     from orchestrator.analysis import AnalysisResult
@@ -98,6 +99,7 @@ class SweepTracking:
 
     @classmethod
     def start(cls, spec: SweepSpec, experiment: Path) -> SweepTracking:
+        """Open the summary run of ``spec``'s sweep in ``experiment``; off when W&B is."""
         if not spec.wandb.enabled:
             return cls(experiment)
         config = _usable(spec.wandb, experiment)
@@ -273,7 +275,12 @@ def _analysis_config(experiment: Path, mode: str | None) -> WandbConfig:
     except ValueError as err:
         raise UserError(str(err)) from None
     section["mode"] = mode or env_mode or section.get("mode")
-    return WandbConfig.model_validate(section)
+    try:
+        return WandbConfig.model_validate(section)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"{spec_file}: wandb.{where}: {first['msg']}") from None
 
 
 def publish_analysis(experiment: Path, result: AnalysisResult, *, mode: str | None = None) -> None:
@@ -339,8 +346,11 @@ def describe_runs(experiment: Path) -> str:
     files = find_run_files(experiment / "wandb")
     rows = []
     for file in files:
-        log = read_run(file.path)
-        state = {None: "running/killed", 0: "finished"}.get(log.exit_code, "failed")
+        try:
+            log = read_run(file.path)
+            state = {None: "running/killed", 0: "finished"}.get(log.exit_code, "failed")
+        except Exception:  # a foreign or damaged file must not hide the others
+            log, state = RunLog(), "unreadable"
         rows.append(
             {
                 "run id": file.run_id,

@@ -285,7 +285,10 @@ def _read_table(path: Path, field: str) -> pd.DataFrame:
         raise ValueError(
             f"data.{field}: {path} has an unsupported extension; use one of {', '.join(_READERS)}"
         )
-    return reader(path)
+    try:
+        return reader(path)
+    except (pd.errors.ParserError, ValueError) as err:  # malformed CSV or JSON lines
+        raise ValueError(f"data.{field}: {path} could not be read: {err}") from err
 
 
 def _texts(frame: pd.DataFrame, column: str, path: Path) -> list[str]:
@@ -306,16 +309,18 @@ def _label_keys(frame: pd.DataFrame, column: str, path: Path) -> list[str]:
 
 
 def _class_ids(
-    train_keys: list[str], validation_keys: list[str], validation_path: Path
+    train_keys: list[str], validation_keys: list[str], paths: dict[str, Path]
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     classes = sorted(set(train_keys))
+    if len(classes) < 2:
+        raise ValueError(f"{paths['train_file']}: needs two or more classes, found {classes}")
     if all(_INT_LABEL.fullmatch(key) for key in classes):
         classes.sort(key=int)  # integer labels 0..K-1 keep their own values as ids
     ids = {key: i for i, key in enumerate(classes)}
     unknown = next((key for key in validation_keys if key not in ids), None)
     if unknown is not None:
         raise ValueError(
-            f"{validation_path}: label {unknown!r} does not occur in the training file; "
+            f"{paths['validation_file']}: label {unknown!r} does not occur in the training file; "
             f"training labels: {classes}"
         )
     to_ids = np.vectorize(ids.__getitem__, otypes=[np.int64])
@@ -361,7 +366,7 @@ def _load_files(cfg: DataConfig) -> TaskData:
         train_labels, validation_labels, label_names = _class_ids(
             _label_keys(frames["train_file"], cfg.label_column, train_path),
             _label_keys(frames["validation_file"], cfg.label_column, validation_path),
-            validation_path,
+            paths,
         )
     split_data = {}
     for field, labels in (("train_file", train_labels), ("validation_file", validation_labels)):

@@ -155,7 +155,8 @@ def fit(
 
     ``report(row, state)`` gets each epoch's row, with the full training state (see
     ``training_state``) every ``train.checkpoint_every_epochs`` epochs. ``resume_from`` is such
-    a state: training continues after its epoch as if it had never stopped.
+    a state: training continues after its epoch as if it had never stopped. ``on_step`` gets
+    the running counters after every optimizer step (W&B step-level logging).
     """
     world = _world()[1]
     cache_dir = cache_dir or default_cache_dir()

@@ -12,6 +12,7 @@ experiment directory holds the results whatever happens here.
 
 from __future__ import annotations
 
+import os
 import time
 from types import TracebackType
 from typing import Any
@@ -42,6 +43,7 @@ class TrialTracker:
         self.tracking = None if tracking is None else TrialTracking.model_validate(tracking)
         self.trial = trial
         self.run = None
+        self.live = False  # logging goes on: the run opened and no call to it has failed
         self.rows: list[dict[str, Any]] = []
         self.step = 0  # optimizer steps so far, as the loop counts them (restarts included)
         self._epoch = 0
@@ -51,6 +53,7 @@ class TrialTracker:
     def __enter__(self) -> TrialTracker:
         if self.tracking is not None and _world()[0] == 0:
             self.run = self._init()
+            self.live = self.run is not None
         return self
 
     def __exit__(
@@ -59,10 +62,15 @@ class TrialTracker:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        run, self.run = self.run, None
+        run, self.run, self.live = self.run, None, False
         if run is not None:
-            _call(run.summary.update, self._summary(run, exc))
+            import wandb
+
+            _call(self._write_summary, run, exc)
             _call(run.finish, exit_code=1 if exc else 0)
+            # wandb's service process writes the run file out after finish() returns, and Ray
+            # may end this worker without running atexit hooks: wait for it here.
+            _call(wandb.teardown)
 
     def report(self, report: Report | None) -> Report:
         """Wrap the loop's ``report``: each epoch row goes to W&B too, then on as before."""
@@ -87,7 +95,7 @@ class TrialTracker:
         totals += _all_reduce([counters["seconds"]], op="max")
         loss, examples, tokens, seconds = (a - b for a, b in zip(totals, self._window, strict=True))
         self._window = tuple(totals)
-        if self.run is None or examples <= 0 or seconds <= 0:
+        if not self.live or examples <= 0 or seconds <= 0:
             return
         self._log(
             {
@@ -105,7 +113,7 @@ class TrialTracker:
     def on_epoch(self, row: dict[str, Any]) -> None:
         """Log one epoch row (already aggregated over workers by the loop)."""
         self.rows.append(row)
-        if self.run is None:
+        if not self.live:
             return
         if len(self.rows) == 1:  # parameter counts and the subset size are known from here on
             derived = self._derived() | {k: row[k] for k in _DERIVED_KEYS if k in row}
@@ -124,6 +132,10 @@ class TrialTracker:
 
     def _init(self) -> Any:
         tracking = self.tracking
+        # The sweep's driver opens its run before it starts Ray, so the address of its wandb
+        # service (WANDB_SERVICE) reaches the workers with its environment. A worker needs its
+        # own: the driver's may be on another node, and holds the run id of a killed worker.
+        os.environ.pop("WANDB_SERVICE", None)
         opened = open_run(
             tracking.mode,
             project=tracking.project,
@@ -181,7 +193,7 @@ class TrialTracker:
             tags.append(f"{axis}={config[section][key]}"[:MAX_TAG])
         return list(dict.fromkeys(tags))
 
-    def _summary(self, run: Any, error: BaseException | None) -> dict[str, Any]:
+    def _write_summary(self, run: Any, error: BaseException | None) -> None:
         compute = self.trial.compute
         wall = time.time() - (self.tracking.started_at or self._opened)
         gpus = compute.gpus_per_worker if compute.use_gpu else 0
@@ -202,11 +214,11 @@ class TrialTracker:
             summary |= {k: last[k] for k in (*_DERIVED_KEYS, "restarts") if k in last}
         if error:
             summary["error"] = f"{type(error).__name__}: {error}"[:500]
-        return summary
+        run.summary.update(summary)
 
     def _log(self, row: dict[str, Any]) -> None:
-        if not _call(self.run.log, row):
-            self.run = None  # one warning, then the trial trains on without W&B
+        # One warning, then the trial trains on without logging; the run is still finished.
+        self.live = _call(self.run.log, row)
 
 
 def _call(method: Any, *args: Any, **kwargs: Any) -> bool:

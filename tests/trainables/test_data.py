@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from orchestrator.config import DataConfig
+from orchestrator.config import GLUE_FILES, DataConfig
 from trainables import data
 from trainables.data import load_task_data, nested_subset, synthetic_pairs, tokenize_cached
 
@@ -82,6 +82,13 @@ def test_cola_counts_and_single_sentence():
 def test_glue_fingerprint_is_stable_and_per_task():
     assert _glue("mrpc").fingerprint == _glue("mrpc").fingerprint
     assert _glue("mrpc").fingerprint != _glue("cola").fingerprint
+
+
+def test_every_glue_task_has_columns_matching_the_config():
+    for task, files in GLUE_FILES.items():
+        columns = data._GLUE[task]
+        assert files.num_labels == (len(columns.file_labels) if columns.file_labels else 1)
+        assert columns.label_names is None or len(columns.label_names) == files.num_labels
 
 
 def _write(path: Path, lines: list[str]) -> None:
@@ -226,6 +233,19 @@ def test_files_unknown_validation_label(tmp_path):
     with pytest.raises(
         ValueError, match=r"validation\.csv: label 'maybe'.*\['neg', 'neutral', 'pos'\]"
     ):
+        load_task_data(cfg)
+
+
+def test_files_single_class_is_an_error(tmp_path):
+    cfg = _files_cfg(tmp_path, ".csv", TRAIN.assign(gold="pos"), VALIDATION.assign(gold="pos"))
+    with pytest.raises(ValueError, match=r"train\.csv: needs two or more classes"):
+        load_task_data(cfg)
+
+
+def test_files_malformed_json_names_the_file(tmp_path):
+    cfg = _files_cfg(tmp_path, ".jsonl")
+    Path(cfg.validation_file).write_text('{"premise": "unterminated\n')
+    with pytest.raises(ValueError, match=r"validation_file: .*validation\.jsonl could not be read"):
         load_task_data(cfg)
 
 
