@@ -79,12 +79,12 @@ def mrpc_trial(
 
 @contextmanager
 def local_ray() -> Iterator[None]:
-    """A private local Ray instance with the sweep's worker environment; shut down after."""
+    """A private local Ray instance with a local sweep's worker environment; shut down after."""
     import ray
 
-    from orchestrator.sweep import FORWARDED_ENV, WORKER_ENV
+    from orchestrator.sweep import FORWARDED_ENV, LOCAL_ENV, WORKER_ENV
 
-    env = WORKER_ENV | {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env = WORKER_ENV | LOCAL_ENV | {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     ray.init(address="local", runtime_env={"env_vars": env}, log_to_driver=False)
     try:
         yield
@@ -146,14 +146,15 @@ class TreeCPU:
                 frontier.append(child)
         for pid in tree & cpu.keys():
             self.used[pid] = max(self.used.get(pid, 0.0), cpu[pid])
-            if pid not in self.names:
-                try:
-                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                # Ray names its actor processes ray::<Class>; otherwise the script or binary.
-                title = argv[0].decode() if argv[0].startswith(b"ray::") else ""
-                self.names[pid] = title or " ".join(Path(a.decode()).name for a in argv[:2])
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            # A Ray worker renames itself ray::<Class> once it holds an actor; keep the last.
+            if argv[0].startswith(b"ray::"):
+                self.names[pid] = argv[0].decode().split(".")[0]  # ray::Class.method -> class
+            elif pid not in self.names:
+                self.names[pid] = " ".join(Path(a.decode()).name for a in argv[:2]).strip()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

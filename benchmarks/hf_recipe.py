@@ -4,8 +4,10 @@ The usual copy-paste recipe pads every MRPC pair to the tokenizer's max length
 (``padding="max_length"``: 512 tokens for BERT) and runs ``Trainer``. Same model (pretrained
 MiniLM), same task, batch 8, 2 CPU threads, AdamW at 5e-5. Rows: that recipe; the same Trainer
 with dynamic padding, and with its ``group_by_length`` sampler too; the project's loop
-(``trainables.loop.fit``, in process: Ray's share is benchmarks.loop_efficiency). Training-loop
-examples/s only; the padded recipe runs a bounded number of steps. Target: project >= 20x.
+(``trainables.loop.fit``, in process: Ray's share is benchmarks.loop_efficiency) with plain
+shuffled batches (``train.group_by_length: false``, the loop before length grouping) and with
+length-grouped ones (the default). Training-loop examples/s only; the padded recipe runs a
+bounded number of steps. Target: project >= 20x.
 
     python -m benchmarks.hf_recipe [--padded-steps 10] [--train-fraction 0.1]
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -106,7 +107,7 @@ def main() -> None:
     # The dynamic-padding Trainer runs as many steps as the project's epoch has batches.
     dynamic_steps = math.ceil(trial.data.subset_size(3668) / BATCH)
     with tempfile.TemporaryDirectory(prefix="bench-hf-") as tmp:
-        os.environ["SCALESWEEP_CACHE"] = f"{tmp}/cache"
+        cache = Path(tmp) / "cache"
         runs = [
             ("Trainer, pad to 512", args.padded_steps, True, "random"),
             ("Trainer, dynamic padding", dynamic_steps, False, "random"),
@@ -123,14 +124,12 @@ def main() -> None:
             )
             rows.append({"run": name, "steps": steps, "ex_per_s": rate})
             print(f"   {name}: {rate:.3g} examples/s", flush=True)
-        row = fit(trial, cache_dir=Path(tmp) / "cache")
-        rows.append(
-            {
-                "run": "project loop (fit)",
-                "steps": math.ceil(row["train_examples"] / BATCH),
-                "ex_per_s": row["examples_per_s"],
-            }
-        )
+        for grouped in (False, True):
+            train = {**config["train"], "group_by_length": grouped}
+            row = fit(TrialConfig.model_validate({**config, "train": train}), cache_dir=cache)
+            name = f"project loop (fit), {'length-grouped' if grouped else 'shuffled'} batches"
+            rows.append({"run": name, "steps": dynamic_steps, "ex_per_s": row["examples_per_s"]})
+            print(f"   {name}: {row['examples_per_s']:.3g} examples/s", flush=True)
     baseline = rows[0]["ex_per_s"]
     for r in rows:
         r["x_recipe"] = r["ex_per_s"] / baseline

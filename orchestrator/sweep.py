@@ -43,7 +43,13 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    # Ray Train's controller polls its workers every 2 s by default, and each trial waits on a
+    # poll to start, to pass on reports and to finish: seconds of idle per small trial.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+# Only on a local instance, which no cloud can preempt: no preemption-watcher actor per trial
+# (one more process to start, ~1 CPU-second each on a small machine; see BENCHMARKS.md).
+LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 # Never WANDB_API_KEY: Ray writes the runtime env in plain text to its session logs
 # (runtime_env_agent.log). Local workers inherit the key with the driver's environment; cluster
 # nodes need it in their own (a secret).
@@ -210,7 +216,8 @@ def run_sweep(
         tuner = tune.Tuner(
             _trainable(storage, tracking),
             param_space=spec.param_space(),
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency),
+            # Reused trial-driver actors: no new process (and imports) per trial.
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=storage,
@@ -270,7 +277,8 @@ def _check_data(spec: SweepSpec) -> None:
 
 
 def _init_ray(address: str | None) -> None:
-    env = WORKER_ENV | {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env = WORKER_ENV | ({} if address else LOCAL_ENV)
+    env |= {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env = {k: v for k, v in env.items() if k not in _job_env_vars()}
     # Worker logs stay in Ray's session log folder: the console gets one line per epoch and
     # per trial, and each failed trial's traceback is saved in its trial folder.

@@ -134,6 +134,30 @@ def test_a_two_worker_trial_spreads_over_two_nodes_with_shared_storage(two_nodes
     assert (remote / "results.csv").read_text() == (local / "results.csv").read_text()
 
 
+def test_plan_on_the_connected_cluster_reports_concurrency_and_flags_what_never_fits(
+    two_nodes, tmp_path, capsys
+):
+    cluster, _ = two_nodes
+    space = _write_space(
+        tmp_path / "p.yaml",
+        """
+        name: p
+        compute: {cpus_per_worker: 1, global_batch_size: 12}
+        axes: {compute.num_workers: [1, 2]}
+        """,
+    )
+    assert main(["plan", str(space), "--address", cluster.address]) == 0
+    out = capsys.readouterr().out
+    # Two 1-CPU nodes: one 2-worker gang at a time, so one trial at a time.
+    assert f"cluster at {cluster.address} now: head, worker: 1 trials at once" in out
+
+    three = ["plan", str(space), "axes.compute.num_workers=[3]", "--address", cluster.address]
+    assert main(three) == 2
+    captured = capsys.readouterr()
+    assert "3 workers need 3 CPU at once, and only 2 such workers fit" in captured.out
+    assert captured.err.startswith("error: 1 trial(s) can never be placed on cluster at")
+
+
 def test_a_sweep_submitted_as_a_ray_job_runs_on_the_cluster(two_nodes, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 

@@ -76,7 +76,7 @@ def _assert_key_never_written(experiment: Path, output: str) -> None:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Two trials (1 and 2 DDP workers) logged offline; then `analyze` uploads its results."""
+    """Two trials (1 and 2 DDP workers) logged offline, a dummy API key in the environment."""
     experiment, output = _run(tmp_path_factory.mktemp("wandb"), SPACE, "--wandb", "offline")
     table = pd.read_csv(experiment / "results.csv", keep_default_na=False, na_values=[""])
     sweep_name = json.loads((experiment / "wandb" / "sweep.json").read_text())["sweep"]
