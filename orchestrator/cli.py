@@ -147,7 +147,6 @@ def cmd_analyze(
         model=model,
     )
     print(result.render_terminal())
-    print(f"\nreport: {result.paths['report.html']}")
     publish_analysis(experiment_dir, result, mode=wandb)  # when the sweep uses W&B
     return 0
 

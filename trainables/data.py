@@ -235,10 +235,11 @@ def _load_glue(cfg: DataConfig) -> TaskData:
         try:
             splits = datasets.load_dataset(_HUB_GLUE, cfg.task)
         except OSError as err:  # offline, unreachable or not cached (ConnectionError is one)
+            # Advice first: callers may show only the first line, and the hub's error comes last.
             raise OSError(
-                f"could not load GLUE task {cfg.task} from the Hugging Face hub ({_HUB_GLUE}): "
-                f"{err}. Offline, set data.glue_dir (or $GLUE_DIR) to a local glue_data "
-                f"directory holding {expected}"
+                f"GLUE task {cfg.task} could not be loaded from the Hugging Face hub "
+                f"({_HUB_GLUE}); offline, set data.glue_dir (or $GLUE_DIR) to a local glue_data "
+                f"directory holding {expected}. Hub error: {err}"
             ) from err
         train, validation = splits["train"], splits[columns.hub_validation]
         # The hub datasets' own fingerprints identify the cached Arrow files they come from.
