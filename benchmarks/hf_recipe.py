@@ -8,9 +8,10 @@ sampler too (50 steps: one whole mega-batch of its sampler, which puts the longe
 first); the project's loop (``trainables.loop.fit``, in process: Ray's share is
 benchmarks.loop_efficiency) on 400 examples with plain shuffled batches
 (``train.group_by_length: false``, the loop before length grouping) and with length-grouped
-ones (the default). Throughput is measured from the end of the first step to the end of the
-last, in wall-clock time (the target) and in this process's CPU time (all threads), which the
-load of a shared machine barely moves. Target: project >= 20x the recipe.
+ones (the default). ``tokens_per_ex``: what the batches hold per example, padding included:
+the work, whatever the load. Throughput runs from the end of the first step to the end of the
+last, in wall-clock time (the target) and in this process's CPU time (all threads: steadier on
+a shared machine, though waiting OpenMP threads spin). Target: project >= 20x the recipe.
 
     python -m benchmarks.hf_recipe [--padded-steps 6] [--steps 50]
 """
@@ -47,8 +48,11 @@ class StepClock:
         return (seen1 - seen0) / (wall1 - wall0), (seen1 - seen0) / (cpu1 - cpu0)
 
 
-def trainer_rates(*, steps: int, padded: bool, strategy: str, output_dir: str) -> StepClock:
-    """Fine-tune with transformers' Trainer for ``steps`` steps, clocking every step."""
+def trainer_rates(
+    *, steps: int, padded: bool, strategy: str, output_dir: str
+) -> tuple[StepClock, float]:
+    """Fine-tune with transformers' Trainer for ``steps`` steps, clocking every step; also
+    the tokens per example its batches hold, padding included (from a separate draw)."""
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -88,14 +92,30 @@ def trainer_rates(*, steps: int, padded: bool, strategy: str, output_dir: str) -
         disable_tqdm=True,
         seed=0,
     )
-    Trainer(
+    trainer = Trainer(
         model=AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2),
         args=args,
         train_dataset=train,
         data_collator=None if padded else DataCollatorWithPadding(tokenizer),
         callbacks=[Clock()],
-    ).train()
-    return clock
+    )
+    batches = zip(trainer.get_train_dataloader(), range(steps), strict=False)
+    padded_tokens = sum(batch["input_ids"].numel() for batch, _ in batches) / (steps * BATCH)
+    trainer.train()
+    return clock, padded_tokens
+
+
+def project_padded_tokens(trial, cache_dir: Path) -> float:
+    """Tokens per example, padding included, in the batches of ``fit``'s first epoch."""
+    from trainables.data import load_task_data
+    from trainables.loop import build_dataloaders
+    from trainables.models import build_tokenizer
+
+    task = load_task_data(trial.data)
+    tokenizer = build_tokenizer(trial.model, task, cache_dir)
+    loader, _ = build_dataloaders(trial, task, tokenizer, cache_dir, torch.device("cpu"))
+    loader.sampler.set_epoch(1)
+    return sum(batch["input_ids"].numel() for batch in loader) / len(loader.dataset)
 
 
 def main() -> None:
@@ -115,30 +135,31 @@ def main() -> None:
     )
     rows = []
 
-    def record(name: str, clock: StepClock) -> None:
+    def record(name: str, clock: StepClock, padded_tokens: float) -> None:
         wall, cpu = clock.rates()
-        rows.append({"run": name, "ex_per_s": wall, "ex_per_cpu_s": cpu})
+        rows.append(
+            {"run": name, "tokens_per_ex": padded_tokens, "ex_per_s": wall, "ex_per_cpu_s": cpu}
+        )
         print(f"   {name}: {wall:.3g} examples/s, {cpu:.3g} per CPU-second", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-hf-") as tmp:
+        cache = Path(tmp) / "cache"
         for name, steps, padded, strategy in [
             ("Trainer, pad to 512", args.padded_steps, True, "random"),
             ("Trainer, dynamic padding", args.steps, False, "random"),
             ("Trainer, dynamic + group_by_length", args.steps, False, "group_by_length"),
         ]:
-            clock = trainer_rates(steps=steps, padded=padded, strategy=strategy, output_dir=tmp)
-            record(name, clock)
+            record(
+                name, *trainer_rates(steps=steps, padded=padded, strategy=strategy, output_dir=tmp)
+            )
         for grouped in (False, True):
             clock = StepClock()
             trial = TrialConfig.model_validate(
                 {**config, "train": {**config["train"], "group_by_length": grouped}}
             )
-            fit(
-                trial,
-                cache_dir=Path(tmp) / "cache",
-                on_step=lambda s, c=clock: c.mark(s["examples"]),
-            )
-            record(f"project fit, {'length-grouped' if grouped else 'shuffled'} batches", clock)
+            fit(trial, cache_dir=cache, on_step=lambda s, c=clock: c.mark(s["examples"]))
+            name = f"project fit, {'length-grouped' if grouped else 'shuffled'} batches"
+            record(name, clock, project_padded_tokens(trial, cache))
     for r in rows:
         r["x_recipe"] = r["ex_per_s"] / rows[0]["ex_per_s"]
         r["x_recipe_cpu"] = r["ex_per_cpu_s"] / rows[0]["ex_per_cpu_s"]
