@@ -8,9 +8,11 @@ are overhead. Per sweep: makespan (the ``run_sweep`` call, ``ray.init`` included
 of training time, and the CPU-seconds all its processes used per trial (``TreeCPU``: what the
 fixed cost is made of, and a figure that the machine's load barely moves). The data cache
 starts empty, as on a new machine.
-Baseline ~12 s of overhead per trial; target <= 6 s.
+Baseline ~12 s of overhead per trial; target <= 6 s. ``--ray-defaults`` runs the sweep as it
+ran before its Ray tuning, for a before/after on the same machine.
 
     python -m benchmarks.trial_overhead [--trials 4] [--workers 1] [--concurrent 1]
+    python -m benchmarks.trial_overhead --ray-defaults
 """
 
 from __future__ import annotations
@@ -41,14 +43,33 @@ seeds: {seeds}
 """
 
 
+def use_ray_defaults() -> None:
+    """Undo ``orchestrator.sweep``'s Ray tuning: a new trial-driver actor per trial, Ray
+    Train's 2 s controller poll, a preemption watcher per trial."""
+    import ray.tune
+
+    from orchestrator import sweep
+
+    sweep.LOCAL_ENV = {}
+    sweep.WORKER_ENV = {
+        k: v for k, v in sweep.WORKER_ENV.items() if k != "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    }
+    tune_config = ray.tune.TuneConfig
+    ray.tune.TuneConfig = lambda **kwargs: tune_config(**kwargs | {"reuse_actors": False})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1, help="DDP workers per trial")
     parser.add_argument("--concurrent", type=int, default=1, help="max_concurrent_trials")
+    parser.add_argument("--ray-defaults", action="store_true", help="before the Ray tuning")
     args = parser.parse_args()
+    if args.ray_defaults:
+        use_ray_defaults()
 
-    header(f"per-trial overhead: {args.trials} small trials, {args.workers} worker(s) each")
+    settings = "Ray's defaults" if args.ray_defaults else "the sweep's settings"
+    header(f"per-trial overhead: {args.trials} small trials, {args.workers} worker(s), {settings}")
     from orchestrator.spec import load_spec
     from orchestrator.sweep import run_sweep
 
