@@ -189,6 +189,9 @@ class ComputeConfig(_Frozen):
     global_batch_size: Annotated[int, Field(ge=1)] | None = 32
     per_worker_batch_size: Annotated[int, Field(ge=1)] | None = None
     max_micro_batch_size: Annotated[int, Field(ge=1)] | None = None
+    # How long a trial's workers may wait to be placed (an autoscaler adding nodes counts)
+    # before the trial fails, saying what it asked for and what the cluster had free.
+    placement_timeout_s: Annotated[float, Field(gt=0)] = 900
 
     @model_validator(mode="after")
     def _check(self) -> ComputeConfig:
@@ -226,6 +229,15 @@ class ComputeConfig(_Frozen):
     def accumulation_steps(self) -> int:
         return self.per_worker_batch() // self.micro_batch()
 
+    def with_half_micro_batch(self) -> ComputeConfig | None:
+        """The same batches in micro-batches half as large (the largest that divides the
+        per-worker batch), or None when they are single examples already."""
+        smaller = next(
+            (m for m in range(self.micro_batch() // 2, 0, -1) if self.per_worker_batch() % m == 0),
+            None,
+        )
+        return self.model_copy(update={"max_micro_batch_size": smaller}) if smaller else None
+
     def worker_resources(self) -> dict[str, float]:
         """What one Ray Train worker reserves, in Ray's resource names."""
         resources = {"CPU": self.cpus_per_worker, **self.resources_per_worker}
@@ -262,6 +274,12 @@ class TrainConfig(_Frozen):
     checkpoint_every_epochs: Annotated[int, Field(ge=0)] = 1
     keep_checkpoints: Annotated[int, Field(ge=1)] = 2
     max_failures: Annotated[int, Field(ge=0)] = 0
+    # A trial whose workers make no progress (no optimizer step, no finished epoch) for this
+    # long fails, saying so; it also bounds every torch.distributed collective. None: no limit.
+    progress_timeout_s: Annotated[float, Field(gt=0)] | None = 1800
+    # After an out-of-memory error, run again up to N times from the latest checkpoint, each
+    # time with half the micro-batch and twice the gradient accumulation (same global batch).
+    oom_retries: Annotated[int, Field(ge=0)] = 0
 
 
 class TrialConfig(_Frozen):

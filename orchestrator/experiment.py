@@ -46,6 +46,7 @@ class TrialRecord:
     error: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float | None = None
+    retries: int = 0  # Tune-level retries after the trial errored (spec: trial_retries)
 
     def row(self, axes: list[str], primary_metric: str) -> dict[str, Any]:
         trial = TrialConfig.model_validate(self.config)
@@ -66,6 +67,7 @@ class TrialRecord:
             "per_worker_batch": compute.per_worker_batch(),
             "epochs_completed": len(self.history),
             "trial_wall_s": self.wall_s,
+            "trial_retries": self.retries,
         }
         if self.history:
             last = self.history[-1]
@@ -163,6 +165,7 @@ class ExperimentDir:
                     error="" if pd.isna(row.get("error")) else str(row["error"]),
                     history=self.read_history(trial_id),
                     wall_s=None if pd.isna(wall) else float(wall),
+                    retries=int(row.get("trial_retries") or 0),
                 )
             )
         return records

@@ -34,6 +34,7 @@ TOP_LEVEL_KEYS = (
     "seeds",
     "storage_path",
     "max_concurrent_trials",
+    "trial_retries",  # Tune runs a failed trial again (from its checkpoint) this many times
     "wandb",  # sweep-level W&B settings (orchestrator.wandb_config), never a trial axis
 )
 # Where experiment directories go locally (with a cloud storage_path: the local copy).
@@ -76,6 +77,7 @@ class SweepSpec:
     seeds: list[int]
     storage_path: str
     max_concurrent_trials: int | None
+    trial_retries: int
     trials: list[TrialConfig]
     wandb: WandbConfig
 
@@ -106,6 +108,7 @@ class SweepSpec:
             "seeds": self.seeds,
             "storage_path": self.storage_path,
             "max_concurrent_trials": self.max_concurrent_trials,
+            "trial_retries": self.trial_retries,
             "wandb": self.wandb.model_dump(mode="json"),
         }
 
@@ -217,6 +220,9 @@ def _check_shape(raw: dict[str, Any], path: Path) -> None:
     mct = raw.get("max_concurrent_trials")
     if mct is not None and (not isinstance(mct, int) or isinstance(mct, bool) or mct < 1):
         raise SpecError(f"{path}: 'max_concurrent_trials' must be a positive integer or omitted")
+    retries = raw.get("trial_retries", 0)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise SpecError(f"{path}: 'trial_retries' must be an integer >= 0 (got {retries!r})")
 
 
 def _validation_message(
@@ -295,6 +301,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         seeds=seeds,
         storage_path=str(raw.get("storage_path") or DEFAULT_STORAGE_PATH),
         max_concurrent_trials=raw.get("max_concurrent_trials"),
+        trial_retries=raw.get("trial_retries", 0),
         trials=trials,
         wandb=_wandb_config(raw, path, wandb_requested),
     )

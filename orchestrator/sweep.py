@@ -70,7 +70,10 @@ class ExperimentWriter(tune.Callback):
         self.experiment = experiment
         self.total = total
         self.records: dict[str, TrialRecord] = {}
-        self.started: dict[str, float] = {}
+        # When each running trial (re)started, and its wall time before that: a trial's wall
+        # time adds up over resumptions, and is saved with every epoch, so a killed driver
+        # loses at most the time since the last one.
+        self.started: dict[str, tuple[float, float]] = {}
         self.finished_before: set[str] = set()
 
     def setup(self, **info) -> None:
@@ -95,7 +98,7 @@ class ExperimentWriter(tune.Callback):
         resumed = trial.trial_id in self.records
         record = self._record(trial)
         record.status = "RUNNING"
-        self.started[trial.trial_id] = time.monotonic()
+        self.started[trial.trial_id] = (time.monotonic(), record.wall_s or 0.0)
         if not resumed:
             self.experiment.start_trial(record)
         self._flush(trials)
@@ -105,6 +108,8 @@ class ExperimentWriter(tune.Callback):
     def on_trial_result(self, iteration, trials, trial: Trial, result: dict, **info) -> None:
         row = {k: v for k, v in result.items() if k not in _NOT_REPORTED}
         record = self._record(trial)
+        if any(row.items() <= held.items() for held in record.history):
+            return  # replayed by a restarted trial (see trainables.driver): already recorded
         if record.history and row.get("epoch", 0) <= record.history[-1].get("epoch", 0):
             # The trial restarted from an earlier checkpoint (or from scratch): its new rows
             # replace the ones it is repeating, so each epoch appears once.
@@ -112,6 +117,8 @@ class ExperimentWriter(tune.Callback):
             self.experiment.rewrite_history(trial.trial_id, record.history)
         record.history.append(row)
         self.experiment.append_history(trial.trial_id, row)
+        self._update_wall(record)
+        self._flush(trials)
         epochs = record.config["train"]["epochs"]
         print(f"  {_label(record)} epoch {row.get('epoch')}/{epochs}: {_score(row)}", flush=True)
 
@@ -120,9 +127,7 @@ class ExperimentWriter(tune.Callback):
             return
         record = self._record(trial)
         record.status, record.error = status, error
-        # Wall time adds up over resumptions of the same trial.
-        elapsed = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
-        record.wall_s = (record.wall_s or 0.0) + elapsed
+        self._update_wall(record)
         self._flush(trials)
         done = sum(r.status in ("TERMINATED", "ERROR") for r in self.records.values())
         outcome = (
@@ -131,6 +136,11 @@ class ExperimentWriter(tune.Callback):
         print(
             f"[{done}/{self.total}] {_label(record)} {status} in {record.wall_s:.0f}s — {outcome}"
         )
+
+    def _update_wall(self, record: TrialRecord) -> None:
+        if record.trial_id in self.started:
+            since, before = self.started[record.trial_id]
+            record.wall_s = before + time.monotonic() - since
 
     def on_trial_complete(self, iteration, trials, trial: Trial, **info) -> None:
         self._finish(trials, trial, "TERMINATED")
@@ -142,6 +152,16 @@ class ExperimentWriter(tune.Callback):
         self.experiment.write_error(trial.trial_id, text)
         self._finish(trials, trial, "ERROR", summarize_error(text))
 
+    def on_trial_recover(self, iteration, trials, trial: Trial, **info) -> None:
+        # Tune runs the trial again (spec: trial_retries); it resumes from its checkpoint.
+        record = self._record(trial)
+        record.retries += 1
+        self._update_wall(record)
+        self._flush(trials)
+        error_file = Path(trial.error_file) if trial.error_file else None
+        text = error_file.read_text() if error_file and error_file.is_file() else "unknown error"
+        print(f"  {_label(record)} failed, retry {record.retries}: {summarize_error(text)}")
+
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
         # Only a completion or an error event finishes a row: a trial still running when the
         # sweep stopped (Ctrl-C) is INTERRUPTED, whatever Tune calls it; `resume` continues it.
@@ -149,6 +169,7 @@ class ExperimentWriter(tune.Callback):
             record = self._record(trial)
             if record.status == "RUNNING":
                 record.status = "INTERRUPTED"
+                self._update_wall(record)
         self._flush(trials)
 
 
@@ -222,6 +243,7 @@ def run_sweep(
                 name="tune",
                 storage_path=storage,
                 callbacks=[ExperimentWriter(experiment, len(spec.trials))],
+                failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
                 verbose=0,  # ExperimentWriter prints one line per epoch and per trial
             ),
         )

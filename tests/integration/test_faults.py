@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -86,6 +87,58 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
     reference = fit(load_spec(space).trials[0])
     for key in ("eval_loss", "eval_accuracy", "train_loss"):
         assert row[key] == pytest.approx(reference[key], abs=1e-4)
+
+
+def test_a_tune_retry_resumes_the_trial_from_its_checkpoint(tmp_path):
+    # No restart inside Ray Train (max_failures 0): the trial errors, and Tune runs it again.
+    space = tmp_path / "space.yaml"
+    space.write_text(textwrap.dedent(BASE) + "trial_retries: 1\n")
+    experiment = tmp_path / "experiment"
+    log = tmp_path / "log.txt"
+    cli = _start(["run", str(space), "train.max_failures=0", "-o", str(experiment)], log)
+    try:
+        histories = _wait_for(
+            lambda: [h for _, h in _history(experiment) if h], 300, "the first epoch"
+        )
+        os.kill(histories[0][0]["worker_pid"], signal.SIGKILL)
+        assert cli.wait(timeout=600) == 0, log.read_text()
+    finally:
+        cli.kill()
+
+    row = _table(experiment).iloc[0]
+    assert row["status"] == "TERMINATED", row["error"]
+    assert (row["trial_retries"], row["restarts"]) == (1, 1)
+    [(_, history)] = _history(experiment)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert "failed, retry 1:" in log.read_text()
+
+
+def test_a_stuck_worker_fails_the_trial_saying_so(tmp_path):
+    # Rank 0 frozen mid-epoch: rank 1 waits for it in the gradient all-reduce, with no progress.
+    space = tmp_path / "space.yaml"
+    space.write_text(textwrap.dedent(BASE))
+    experiment = tmp_path / "experiment"
+    log = tmp_path / "log.txt"
+    overrides = ["compute.num_workers=2", "train.max_failures=0", "train.progress_timeout_s=8"]
+    cli = _start(["run", str(space), *overrides, "-o", str(experiment)], log)
+    pid = None
+    try:
+        histories = _wait_for(
+            lambda: [h for _, h in _history(experiment) if h], 300, "the first epoch"
+        )
+        pid = histories[0][0]["worker_pid"]
+        os.kill(pid, signal.SIGSTOP)
+        assert cli.wait(timeout=600) == 0, log.read_text()
+    finally:
+        cli.kill()
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # Ray kills its workers; in case it could not
+
+    row = _table(experiment).iloc[0]
+    assert row["status"] == "ERROR"
+    assert "NoProgressError: no progress for 8 s (train.progress_timeout_s)" in row["error"]
+    assert row["epochs_completed"] == 1
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])

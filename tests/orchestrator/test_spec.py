@@ -129,6 +129,11 @@ def test_overrides_set_values_and_replace_axes(tmp_path):
             "name: x\nmax_concurrent_trials: 0\n",
             "'max_concurrent_trials' must be a positive integer",
         ),
+        ("name: x\ntrial_retries: -1\n", "'trial_retries' must be an integer >= 0 (got -1)"),
+        (
+            "name: x\ntrain: {progress_timeout_s: 0}\n",
+            "train.progress_timeout_s: Input should be greater than 0",
+        ),
     ],
 )
 def test_bad_files_give_one_line_errors_and_exit_2(tmp_path, capsys, text, message):
@@ -191,3 +196,22 @@ def test_trial_resources_are_the_whole_gang():
     compute = ComputeConfig(num_workers=4, use_gpu=True, cpus_per_worker=2, gpus_per_worker=1)
     assert compute.worker_resources() == {"CPU": 2, "GPU": 1}
     assert compute.trial_resources() == {"CPU": 8, "GPU": 4}
+
+
+@pytest.mark.parametrize(
+    ("batch", "halvings"),
+    [
+        # per-worker batch, micro-batch limit -> micro-batches of each OOM retry until single
+        ({"global_batch_size": 32}, [16, 8, 4, 2, 1]),
+        ({"global_batch_size": 24, "max_micro_batch_size": 12}, [6, 3, 1]),
+        ({"global_batch_size": 10, "max_micro_batch_size": 5}, [2, 1]),
+    ],
+)
+def test_half_micro_batch_keeps_the_per_worker_batch(batch, halvings):
+    compute = ComputeConfig(**batch)
+    seen = []
+    while (compute := compute.with_half_micro_batch()) is not None:
+        assert compute.per_worker_batch() == batch["global_batch_size"]
+        assert compute.micro_batch() * compute.accumulation_steps() == compute.per_worker_batch()
+        seen.append(compute.micro_batch())
+    assert seen == halvings

@@ -1,0 +1,74 @@
+"""Turns a worker that stops making progress into an error that says so, instead of a hang.
+
+Ray Train notices a worker process that dies or stops answering; it cannot tell a live worker
+that is stuck: in a collective op whose peer is frozen, in I/O that never returns, in a
+deadlock. ``ProgressWatchdog`` watches the training loop's heartbeats (each optimizer step and
+each finished epoch) from a thread and, after ``timeout_s`` without one, raises
+``NoProgressError`` in the training thread. A thread blocked inside C code (a collective op)
+only sees it when that call returns, which is why the process group's own timeout is set to
+the same value (``trainables.driver``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from typing import Any
+
+
+class NoProgressError(RuntimeError):
+    """A trial's worker made no progress for longer than ``train.progress_timeout_s``."""
+
+
+class ProgressWatchdog:
+    """``with ProgressWatchdog(timeout_s) as dog:`` ... ``dog.beat(...)`` on progress."""
+
+    def __init__(self, timeout_s: float | None) -> None:
+        self.timeout_s = timeout_s
+        self.last_beat = time.monotonic()
+        self.where = "before the first optimizer step"
+        self.fired = False
+        self._target = threading.get_ident()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # no error raised once the watched block has ended
+        self._thread = threading.Thread(target=self._watch, name="progress-watchdog", daemon=True)
+
+    def __enter__(self) -> ProgressWatchdog:
+        if self.timeout_s is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._stop.set()
+
+    def beat(self, counters: dict[str, Any] | None = None) -> None:
+        """Progress was made; ``counters`` (epoch, step) say where, for the error message."""
+        self.last_beat = time.monotonic()
+        if counters:
+            self.where = f"after step {counters.get('step')} of epoch {counters.get('epoch')}"
+
+    def stalled(self) -> bool:
+        """Whether the watched block has gone ``timeout_s`` without progress."""
+        idle = time.monotonic() - self.last_beat
+        return self.fired or (self.timeout_s is not None and idle >= self.timeout_s)
+
+    def error(self) -> NoProgressError:
+        return NoProgressError(
+            f"no progress for {self.timeout_s:g} s (train.progress_timeout_s) {self.where}: "
+            "a worker is stuck, or waits in a collective op for one that is"
+        )
+
+    def _watch(self) -> None:
+        poll = min(1.0, self.timeout_s / 4)
+        while not self._stop.wait(poll):
+            with self._lock:
+                if self._stop.is_set() or time.monotonic() - self.last_beat <= self.timeout_s:
+                    continue
+                self.fired = True
+                # Raised in the training thread at its next Python instruction.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self._target), ctypes.py_object(NoProgressError)
+                )
+                return
