@@ -115,7 +115,10 @@ def build_optimizer(model: torch.nn.Module, trial: TrialConfig, total_steps: int
         {"params": decay, "weight_decay": trial.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=trial.train.lr, fused=device.type == "cuda")
+    # Fused: one kernel over all parameters, on GPU and on CPU (torch >= 2.4): on CPU the
+    # per-tensor loop took 58 ms a step for MiniLM against 10 ms fused (BENCHMARKS.md, 2).
+    fused = device.type in ("cuda", "cpu")
+    optimizer = torch.optim.AdamW(groups, lr=trial.train.lr, fused=fused)
     warmup = int(trial.train.warmup_ratio * total_steps)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
 

