@@ -96,6 +96,12 @@ def main() -> None:
                         "ratio": row["examples_per_s"] / plain,
                         "trial_wall_s": wall,
                         "train_s": row["train_time_s"],
+                        # What `plan` times CPU trials with (orchestrator.resource_plan).
+                        "gflops_per_cpu": 6
+                        * row["params_non_embedding"]
+                        * row["tokens_per_s"]
+                        / args.cpus
+                        / 1e9,
                     }
                 )
                 print(f"   repeat {repeat}: ratio {rows[-1]['ratio']:.3f}", flush=True)
@@ -108,6 +114,13 @@ def main() -> None:
     print(
         f"loop efficiency: {ratio:.3f} median of {len(rows)} ratios, {best:.3f} best Ray run / "
         "best plain run  (target >= 0.95)"
+    )
+    gflops = statistics.median(r["gflops_per_cpu"] for r in rows)
+    overhead = statistics.median(r["trial_wall_s"] - r["train_s"] for r in rows)
+    print(
+        f"for plan: {gflops:.1f} GFLOP/s per CPU, {overhead:.1f} s per trial besides training, "
+        f"{row['params_non_embedding']:,} non-embedding parameters, "
+        f"{row['tokens_per_s'] / row['examples_per_s']:.1f} tokens per example"
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from orchestrator.cluster import ClusterError, load_cluster_file, probe
 from orchestrator.errors import UserError
 from orchestrator.experiment import ExperimentDir
 from orchestrator.plan import plan_rows, render_plan
-from orchestrator.resource_plan import ROUGH_MODEL, measured_throughput, render_resources
-from orchestrator.spec import DEFAULT_STORAGE_PATH, SpecError, load_spec
+from orchestrator.resource_plan import BENCHMARKED, measured_throughput, render_resources
+from orchestrator.spec import DEFAULT_STORAGE_PATH, SpecError, SweepSpec, load_spec
 from orchestrator.storage import is_uri, remote_exists, storage_root
 from orchestrator.wandb_config import WandbMode
 from orchestrator.wandb_views import describe_runs, publish_analysis, sync_runs
@@ -50,12 +51,29 @@ def cmd_plan(
     capacities = [load_cluster_file(cluster)] if cluster else []
     if address:
         capacities.append(probe(address))
-    throughput = measured_throughput(measured) if measured else ROUGH_MODEL
+    measured = measured or _previous_run(spec)
+    throughput = measured_throughput(measured) if measured else BENCHMARKED
     text, errors = render_resources(spec, rows, capacities, throughput)
     print(text)
     if errors:
         raise ClusterError("; ".join(errors))
     return 0
+
+
+def _local_root(spec: SweepSpec) -> Path:
+    """Where ``run`` puts experiment directories: with a cloud storage_path, the local copies."""
+    return Path(DEFAULT_STORAGE_PATH if is_uri(spec.storage_path) else spec.storage_path)
+
+
+def _previous_run(spec: SweepSpec) -> Path | None:
+    """The latest experiment directory ``run`` made for this spec's name, if any."""
+    pattern = re.compile(rf"{re.escape(spec.name)}(_\d+)?")
+    runs = [
+        d / "results.csv"
+        for d in _local_root(spec).glob(f"{spec.name}*")
+        if pattern.fullmatch(d.name) and (d / "results.csv").is_file()
+    ]
+    return max(runs, key=lambda f: f.stat().st_mtime).parent.resolve() if runs else None
 
 
 def _free_experiment_dir(base: Path) -> Path:
@@ -80,10 +98,8 @@ def cmd_run(
         overrides = [*overrides, f"wandb.mode={wandb}"]
     spec = load_spec(file, overrides)
     plan_rows(spec)  # fails early on missing data files, before Ray starts
-    # With a cloud storage_path, the experiment directory is a local copy of what goes there.
-    local = DEFAULT_STORAGE_PATH if is_uri(spec.storage_path) else spec.storage_path
     if experiment_dir is None:
-        experiment_dir = _free_experiment_dir(Path(local) / spec.name)
+        experiment_dir = _free_experiment_dir(_local_root(spec) / spec.name)
     elif experiment_dir.exists() and any(experiment_dir.iterdir()):
         raise SpecError(f"--experiment-dir {experiment_dir} exists and is not empty")
     remote = storage_root(spec.storage_path, experiment_dir)
@@ -180,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--measured",
         type=Path,
-        help="experiment directory of a previous sweep: its measured throughput replaces the "
-        "rough time model",
+        help="experiment directory of a previous sweep whose measured throughput times the "
+        "trials (default: the latest run of this spec, else the figures in BENCHMARKS.md)",
     )
 
     run = commands.add_parser("run", help=cmd_run.__doc__)

@@ -4,7 +4,8 @@ which can never be placed, and how many GPU-hours the sweep costs (no Ray, no to
 Time per trial = start-up and evaluation overhead + training FLOPs / achieved FLOP/s, with
 training FLOPs = 6 x non-embedding parameters x tokens x epochs (forward + backward). The
 achieved FLOP/s per GPU (or per CPU) come from a previous sweep's results when one is given
-(the measured trial nearest in size, worker count and device), else from a stated rough model.
+(the measured trial nearest in size, worker count and device), else from the figures of
+BENCHMARKS.md (CPU) and a stated rough model (GPU).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from orchestrator.experiment import ExperimentDir
 from orchestrator.plan import PlanRow
 from orchestrator.spec import SweepSpec
 
-__all__ = ["ROUGH_MODEL", "Throughput", "TrialTime", "measured_throughput", "render_resources"]
+__all__ = ["BENCHMARKED", "Throughput", "TrialTime", "measured_throughput", "render_resources"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class TrialTime:
     """What one trial achieved (or is assumed to achieve) per GPU, or per CPU on CPU trials."""
 
     use_gpu: bool
-    params: int | None  # non-embedding parameters; None: any size (the rough model)
+    params: int | None  # non-embedding parameters; None: any size (a rough model)
     workers: int | None
     flops_per_unit: float  # achieved training FLOP/s per GPU (CPU trials: per CPU)
     tokens_per_example: float | None  # None: half of max_length (dynamic padding)
@@ -42,7 +43,7 @@ class Throughput:
         """The measurement on the same device nearest in size and worker count."""
         compute = row.trial.compute
         same = [m for m in self.measurements if m.use_gpu == compute.use_gpu]
-        candidates = same or [m for m in ROUGH_MODEL.measurements if m.use_gpu == compute.use_gpu]
+        candidates = same or [m for m in BENCHMARKED.measurements if m.use_gpu == compute.use_gpu]
 
         def distance(m: TrialTime) -> float:
             size = abs(math.log((m.params or 1) / (row.params_non_embedding or 1)))
@@ -62,15 +63,19 @@ class Throughput:
         return m.overhead_s + flops / (compute.num_workers * units * m.flops_per_unit)
 
 
-# Order-of-magnitude figures, replaced by measurements as soon as one sweep has run. Batch-32
-# BERT fine-tuning on short sequences keeps a GPU mostly idle: ~10 TFLOP/s achieved is ~10 % of
-# an A10G/L4 bf16 peak. One CPU core (fp32, one thread per worker) achieves ~20 GFLOP/s. Overhead:
-# Ray Train start-up (~12 s measured on CPU), model loading and per-epoch evaluation.
-ROUGH_MODEL = Throughput(
-    source="rough model: 10 TFLOP/s per GPU, 20 GFLOP/s per CPU, 30 s overhead per trial",
+# Until a sweep of this spec has run: CPU figures measured by `python -m
+# benchmarks.loop_efficiency` (BENCHMARKS.md, 1: MiniLM fine-tuned on MRPC through Ray Train, one
+# worker of 2 CPUs, fp32); GPU figures are a rough model, as no GPU has been measured yet
+# (BENCHMARKS.md, 5): batch-32 BERT fine-tuning on short sequences keeps a GPU mostly idle, and
+# ~10 TFLOP/s achieved is ~10 % of an A10G/L4 bf16 peak.
+BENCHMARKED = Throughput(
+    source=(
+        "BENCHMARKS.md: CPU measured (47.6 GFLOP/s per CPU, 12.8 s overhead per trial); "
+        "GPU rough (10 TFLOP/s per GPU, 30 s overhead per trial)"
+    ),
     measurements=(
         TrialTime(True, None, None, 10e12, None, 30.0),
-        TrialTime(False, None, None, 20e9, None, 30.0),
+        TrialTime(False, 10_796_162, 1, 47.6e9, 54.0, 12.8),
     ),
 )
 
@@ -96,7 +101,7 @@ def measured_throughput(experiment_dir: Path) -> Throughput:
             )
         )
     if not measurements:
-        return ROUGH_MODEL
+        return BENCHMARKED
     return Throughput(
         source=f"measured in {experiment_dir} ({len(measurements)} finished trials)",
         measurements=tuple(measurements),
@@ -117,7 +122,7 @@ def render_resources(
     spec: SweepSpec,
     rows: list[PlanRow],
     capacities: list[Capacity],
-    throughput: Throughput = ROUGH_MODEL,
+    throughput: Throughput = BENCHMARKED,
 ) -> tuple[str, list[str]]:
     """The resource plan as text, and one error line per cluster that cannot place a trial."""
     driver = {k: v for k, v in DRIVER_RESOURCES.items() if v}

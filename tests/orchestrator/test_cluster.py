@@ -31,7 +31,7 @@ from orchestrator.cluster import (
 from orchestrator.config import ComputeConfig, TrialConfig
 from orchestrator.experiment import ExperimentDir, TrialRecord
 from orchestrator.plan import plan_rows
-from orchestrator.resource_plan import ROUGH_MODEL, measured_throughput
+from orchestrator.resource_plan import BENCHMARKED, measured_throughput
 from orchestrator.spec import load_spec
 from orchestrator.storage import storage_root, upload
 
@@ -248,7 +248,7 @@ def test_plan_against_cluster_yaml_reports_concurrency_and_gpu_hours(capsys):
     assert "(at most 14 in all): 5 trials at once" in out
     assert "60 trials x 4 workers x (4 CPU, 1 GPU) = gang of 16 CPU, 4 GPU" in out
     assert re.search(r"180 trials: \d+\.\d\d GPU-hours", out)
-    assert "rough model" in out
+    assert "estimate (BENCHMARKS.md: CPU measured" in out
 
 
 def test_plan_flags_trials_no_node_type_set_can_hold(capsys):
@@ -285,7 +285,7 @@ def _previous_sweep(tmp_path: Path) -> tuple[Path, object]:
         train: {epochs: 2}
         """,
     )
-    experiment = ExperimentDir(tmp_path / "prev")
+    experiment = ExperimentDir(tmp_path / "experiments" / "prev")  # where `run` puts it
     experiment.create(spec)
     row = plan_rows(spec)[0]
     history = {
@@ -309,7 +309,7 @@ def test_measured_throughput_reproduces_a_measured_trial(tmp_path):
     assert "measured in" in throughput.source and "1 finished trials" in throughput.source
     # Same shape: 15 s of overhead (35 - 20) + the measured 20 s of training.
     assert throughput.seconds(row) == pytest.approx(35.0)
-    assert ROUGH_MODEL.seconds(row) != pytest.approx(35.0)
+    assert BENCHMARKED.seconds(row) != pytest.approx(35.0)
 
 
 def test_plan_uses_a_previous_sweeps_throughput(tmp_path, capsys):
@@ -336,3 +336,12 @@ def test_upload_copies_the_experiment_directory_to_a_uri(tmp_path):
     upload(local, f"file://{tmp_path}/bucket/exp")
     assert (tmp_path / "bucket" / "exp" / "results.csv").read_text() == "a\n1\n"
     assert (tmp_path / "bucket" / "exp" / "trials" / "t1" / "history.jsonl").is_file()
+
+
+def test_plan_times_trials_with_the_latest_run_of_the_same_spec(tmp_path, capsys, monkeypatch):
+    path, _ = _previous_sweep(tmp_path)
+    monkeypatch.chdir(tmp_path)  # storage_path: experiments, relative to where plan runs
+    assert main(["plan", str(tmp_path / "s.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert f"estimate (measured in {path} (1 finished trials))" in out
+    assert "per trial: 35 s" in out

@@ -35,6 +35,7 @@ def one_cpu_ray():
     ray.shutdown()
 
 
+@pytest.mark.integration
 def test_a_gang_that_cannot_be_placed_fails_saying_why(one_cpu_ray, tmp_path):
     trial = {
         "model": {"from_scratch": True, "tokenizer": "wordpiece"},
