@@ -70,12 +70,12 @@ class Throughput:
 # ~10 TFLOP/s achieved is ~10 % of an A10G/L4 bf16 peak.
 BENCHMARKED = Throughput(
     source=(
-        "BENCHMARKS.md: CPU measured (47.6 GFLOP/s per CPU, 12.8 s overhead per trial); "
+        "BENCHMARKS.md: CPU measured (53.7 GFLOP/s per CPU, 13.9 s overhead per trial); "
         "GPU rough (10 TFLOP/s per GPU, 30 s overhead per trial)"
     ),
     measurements=(
         TrialTime(True, None, None, 10e12, None, 30.0),
-        TrialTime(False, 10_796_162, 1, 47.6e9, 54.0, 12.8),
+        TrialTime(False, 10_796_162, 1, 53.7e9, 53.3, 13.9),
     ),
 )
 

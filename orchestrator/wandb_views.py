@@ -88,6 +88,30 @@ def _identity(experiment: Path, config: WandbConfig) -> dict[str, str]:
     return identity
 
 
+def _open_sweep_run(
+    config: WandbConfig,
+    identity: dict[str, str],
+    experiment: Path,
+    kind: str,
+    job_type: str,
+    name: str,
+    run_config: dict[str, Any],
+) -> tuple[Any, WandbMode] | None:
+    """One of the sweep's own runs (``kind``: SUMMARY or ANALYSIS) in its W&B group."""
+    return open_run(
+        config.mode,
+        project=config.project,
+        entity=config.entity,
+        group=identity["group"],
+        job_type=job_type,
+        id=run_id(identity["sweep"], kind),
+        name=name,
+        tags=[*config.tags, job_type],
+        config=run_config | {"sweep": identity["sweep"]},
+        dir=str(experiment),
+    )
+
+
 @dataclass
 class SweepTracking:
     """W&B for one sweep: ``trials`` goes to every trial (None: W&B is off); ``run`` is the
@@ -104,17 +128,14 @@ class SweepTracking:
             return cls(experiment)
         config = _usable(spec.wandb, experiment)
         identity = _identity(experiment, config)
-        opened = open_run(
-            config.mode,
-            project=config.project,
-            entity=config.entity,
-            group=identity["group"],
-            job_type="sweep-summary",
-            id=run_id(identity["sweep"], SUMMARY),
-            name=f"{spec.name} summary",
-            tags=[*config.tags, "sweep-summary"],
-            config={"spec": spec.to_dict(), "sweep": identity["sweep"]},
-            dir=str(experiment),
+        opened = _open_sweep_run(
+            config,
+            identity,
+            experiment,
+            SUMMARY,
+            "sweep-summary",
+            f"{spec.name} summary",
+            {"spec": spec.to_dict()},
         )
         if opened is None:
             warn("this sweep runs without W&B; its results are in the experiment directory")
@@ -292,17 +313,15 @@ def publish_analysis(experiment: Path, result: AnalysisResult, *, mode: str | No
         return
     config = _usable(config, experiment)
     identity = _identity(experiment, config)
-    opened = open_run(
-        config.mode,
-        project=config.project,
-        entity=config.entity,
-        group=identity["group"],
-        job_type="analysis",
-        id=run_id(identity["sweep"], ANALYSIS),
-        name=f"{result.summary['experiment']['name']} analysis",
-        tags=[*config.tags, "analysis"],
-        config={"options": result.summary["options"], "sweep": identity["sweep"]},
-        dir=str(experiment),
+    name = f"{result.summary['experiment']['name']} analysis"
+    opened = _open_sweep_run(
+        config,
+        identity,
+        experiment,
+        ANALYSIS,
+        "analysis",
+        name,
+        {"options": result.summary["options"]},
     )
     if opened is None:
         return

@@ -35,23 +35,27 @@ _REAL_INPUTS = "predictions: predicted scores; references: true scores."
 
 
 class _LocalMetric(evaluate.Metric):
-    """A metric whose code lives here; ``keep_in_memory`` avoids cache files and their locks."""
+    """A metric whose code lives here; ``keep_in_memory`` avoids cache files and their locks.
+    Subclasses say what they score (class ids, or real scores) and whom to cite."""
+
+    real_valued = False
+    reference = ""
 
     def __init__(self, **kwargs: object) -> None:
         kwargs.setdefault("keep_in_memory", True)
         super().__init__(**kwargs)
 
-
-class Accuracy(_LocalMetric):
-    """Fraction of predictions equal to the reference."""
-
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
             description=self.__doc__,
-            citation="",
-            inputs_description=_CLASS_INPUTS,
-            features=_CLASS_FEATURES,
+            citation=self.reference,
+            inputs_description=_REAL_INPUTS if self.real_valued else _CLASS_INPUTS,
+            features=_REAL_FEATURES if self.real_valued else _CLASS_FEATURES,
         )
+
+
+class Accuracy(_LocalMetric):
+    """Fraction of predictions equal to the reference."""
 
     def _compute(self, predictions, references) -> dict[str, float]:
         return {"accuracy": float(np.mean(np.asarray(predictions) == np.asarray(references)))}
@@ -59,14 +63,6 @@ class Accuracy(_LocalMetric):
 
 class F1(_LocalMetric):
     """Binary F1 of the positive class 1; 0.0 when it has no true or predicted positives."""
-
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=self.__doc__,
-            citation="",
-            inputs_description=_CLASS_INPUTS,
-            features=_CLASS_FEATURES,
-        )
 
     def _compute(self, predictions, references) -> dict[str, float]:
         pred, ref = np.asarray(predictions) == 1, np.asarray(references) == 1
@@ -79,13 +75,7 @@ class F1(_LocalMetric):
 class MatthewsCorrelation(_LocalMetric):
     """Matthews correlation (multiclass form of Gorodkin 2004); 0.0 when undefined."""
 
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=self.__doc__,
-            citation="Matthews 1975, doi:10.1016/0005-2795(75)90109-9",
-            inputs_description=_CLASS_INPUTS,
-            features=_CLASS_FEATURES,
-        )
+    reference = "Matthews 1975, doi:10.1016/0005-2795(75)90109-9"
 
     def _compute(self, predictions, references) -> dict[str, float]:
         pred, ref = np.asarray(predictions), np.asarray(references)
@@ -112,13 +102,7 @@ def _correlation(fn, predictions, references) -> float:
 class Pearson(_LocalMetric):
     """Pearson correlation of predicted and reference scores; 0.0 when either is constant."""
 
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=self.__doc__,
-            citation="",
-            inputs_description=_REAL_INPUTS,
-            features=_REAL_FEATURES,
-        )
+    real_valued = True
 
     def _compute(self, predictions, references) -> dict[str, float]:
         return {"pearson": _correlation(stats.pearsonr, predictions, references)}
@@ -127,13 +111,7 @@ class Pearson(_LocalMetric):
 class Spearman(_LocalMetric):
     """Spearman rank correlation of predicted and reference scores; 0.0 when either is constant."""
 
-    def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=self.__doc__,
-            citation="",
-            inputs_description=_REAL_INPUTS,
-            features=_REAL_FEATURES,
-        )
+    real_valued = True
 
     def _compute(self, predictions, references) -> dict[str, float]:
         return {"spearmanr": _correlation(stats.spearmanr, predictions, references)}
