@@ -274,7 +274,7 @@ class TrainConfig(_Frozen):
     checkpoint_every_epochs: Annotated[int, Field(ge=0)] = 1
     keep_checkpoints: Annotated[int, Field(ge=1)] = 2
     max_failures: Annotated[int, Field(ge=0)] = 0
-    # A trial whose workers make no progress (no optimizer step, no finished epoch) for this
+    # A trial whose workers make no progress (optimizer step, evaluation batch, epoch) for this
     # long fails, saying so; it also bounds every torch.distributed collective. None: no limit.
     progress_timeout_s: Annotated[float, Field(gt=0)] | None = 1800
     # After an out-of-memory error, run again up to N times from the latest checkpoint, each

@@ -106,6 +106,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 report=tracker.report(report),
                 device=ray.train.torch.get_device(),
                 on_step=on_step,
+                on_eval_batch=watchdog.beat,
                 resume_from=resume_from,
             )
         except Exception as err:

@@ -124,10 +124,14 @@ def build_optimizer(model: torch.nn.Module, trial: TrialConfig, total_steps: int
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, autocast, metrics, problem_type: str) -> dict[str, float]:
+def evaluate(
+    model, loader, device, autocast, metrics, problem_type: str, on_batch=None
+) -> dict[str, float]:
     model.eval()
     loss_sum, count, predictions, references = 0.0, 0, [], []
     for batch in loader:
+        if on_batch:
+            on_batch()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast():
             out = model(**batch)
@@ -152,6 +156,7 @@ def fit(
     device: torch.device | None = None,
     cache_dir: Path | None = None,
     on_step: StepHook | None = None,
+    on_eval_batch: Callable[[], None] | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune and evaluate once per epoch; returns the last epoch's row.
@@ -159,7 +164,8 @@ def fit(
     ``report(row, state)`` gets each epoch's row, with the full training state (see
     ``training_state``) every ``train.checkpoint_every_epochs`` epochs. ``resume_from`` is such
     a state: training continues after its epoch as if it had never stopped. ``on_step`` gets
-    the running counters after every optimizer step (W&B step-level logging).
+    the running counters after every optimizer step (W&B step-level logging);
+    ``on_eval_batch`` is called before each evaluation batch (the progress watchdog).
     """
     world = _world()[1]
     cache_dir = cache_dir or default_cache_dir()
@@ -269,7 +275,9 @@ def fit(
             train_tokens + tokens,
         )
         eval_start = time.perf_counter()
-        scores = evaluate(model, eval_loader, device, autocast, metrics, task.problem_type)
+        scores = evaluate(
+            model, eval_loader, device, autocast, metrics, task.problem_type, on_eval_batch
+        )
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / examples,

@@ -2,8 +2,8 @@
 
 Ray Train notices a worker process that dies or stops answering; it cannot tell a live worker
 that is stuck: in a collective op whose peer is frozen, in I/O that never returns, in a
-deadlock. ``ProgressWatchdog`` watches the training loop's heartbeats (each optimizer step and
-each finished epoch) from a thread and, after ``timeout_s`` without one, raises
+deadlock. ``ProgressWatchdog`` watches the training loop's heartbeats (each optimizer step,
+evaluation batch and finished epoch) from a thread and, after ``timeout_s`` without one, raises
 ``NoProgressError`` in the training thread. A thread blocked inside C code (a collective op)
 only sees it when that call returns, which is why the process group's own timeout is set to
 the same value (``trainables.driver``).
