@@ -138,7 +138,7 @@ def test_out_of_memory_retries_with_half_the_micro_batch(tmp_path):
                validation_file: {tmp_path / "dev.csv"}, text_columns: [text], max_length: 512}}
         model: {{name: bert-tiny, from_scratch: true, tokenizer: wordpiece}}
         compute: {{num_workers: 1, cpus_per_worker: 1, global_batch_size: 256}}
-        train: {{epochs: 1, oom_retries: 4}}
+        train: {{epochs: 1, oom_retries: 5}}
         """)
     )
     experiment = tmp_path / "experiment"
@@ -164,7 +164,7 @@ def test_a_stuck_worker_fails_the_trial_saying_so(tmp_path):
     space.write_text(textwrap.dedent(BASE))
     experiment = tmp_path / "experiment"
     log = tmp_path / "log.txt"
-    overrides = ["compute.num_workers=2", "train.max_failures=0", "train.progress_timeout_s=8"]
+    overrides = ["compute.num_workers=2", "train.max_failures=0", "train.progress_timeout_s=15"]
     cli = _start(["run", str(space), *overrides, "-o", str(experiment)], log)
     pid = None
     try:
@@ -182,7 +182,7 @@ def test_a_stuck_worker_fails_the_trial_saying_so(tmp_path):
 
     row = _table(experiment).iloc[0]
     assert row["status"] == "ERROR"
-    assert "NoProgressError: no progress for 8 s (train.progress_timeout_s)" in row["error"]
+    assert "NoProgressError: no progress for 15 s (train.progress_timeout_s)" in row["error"]
     assert row["epochs_completed"] == 1
 
 
