@@ -292,20 +292,13 @@ def _read_table(path: Path, field: str) -> pd.DataFrame:
         raise ValueError(f"data.{field}: {path} could not be read: {err}") from err
 
 
-def _texts(frame: pd.DataFrame, column: str, path: Path) -> list[str]:
+def _strings(frame: pd.DataFrame, column: str, path: Path, what: str = "column") -> list[str]:
+    """A column as text, refusing empty cells. Labels too are compared as text, so "1" in a
+    CSV and 1 in a JSON file are the same class."""
     values = frame[column]
     missing = np.flatnonzero(values.isna().to_numpy())
     if len(missing):
-        raise ValueError(f"{path}: column {column!r} is empty in row {missing[0] + 1}")
-    return values.astype(str).tolist()
-
-
-def _label_keys(frame: pd.DataFrame, column: str, path: Path) -> list[str]:
-    values = frame[column]
-    missing = np.flatnonzero(values.isna().to_numpy())
-    if len(missing):
-        raise ValueError(f"{path}: label column {column!r} is empty in row {missing[0] + 1}")
-    # Compare labels as text so "1" in a CSV and 1 in a JSON file are the same class.
+        raise ValueError(f"{path}: {what} {column!r} is empty in row {missing[0] + 1}")
     return values.astype(str).tolist()
 
 
@@ -365,14 +358,14 @@ def _load_files(cfg: DataConfig) -> TaskData:
         label_names = None
     else:
         train_labels, validation_labels, label_names = _class_ids(
-            _label_keys(frames["train_file"], cfg.label_column, train_path),
-            _label_keys(frames["validation_file"], cfg.label_column, validation_path),
+            _strings(frames["train_file"], cfg.label_column, train_path, "label column"),
+            _strings(frames["validation_file"], cfg.label_column, validation_path, "label column"),
             paths,
         )
     split_data = {}
     for field, labels in (("train_file", train_labels), ("validation_file", validation_labels)):
         frame, path = frames[field], paths[field]
-        texts = [_texts(frame, column, path) for column in cfg.text_columns]
+        texts = [_strings(frame, column, path) for column in cfg.text_columns]
         split_data[field] = _make_dataset(
             texts[0], texts[1] if len(texts) == 2 else None, labels, regression
         )
