@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -58,6 +59,10 @@ def ray_env() -> Iterator[pytest.MonkeyPatch]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "token")
+        # A fresh machine has no ~/.ray/auth_token until some ray.init made one; a test cluster
+        # started by hand needs a token of its own (for this module's processes only).
+        if not (Path.home() / ".ray" / "auth_token").is_file():
+            mp.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
         Config.initialize("")  # Ray reads the mode once; this is how ray.init refreshes it
         yield mp
 
