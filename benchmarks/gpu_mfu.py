@@ -55,7 +55,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("skipped: no CUDA device here (torch.cuda.is_available() is False); run on a GPU")
         return
-    from orchestrator.config import TrialConfig
+    from contract.config import TrialConfig
     from trainables.loop import build_optimizer
     from trainables.models import build_model, count_parameters
 

@@ -22,6 +22,7 @@ import re
 import sys
 from pathlib import Path
 
+from contract.tracking import WandbMode
 from orchestrator.cluster import ClusterError, load_cluster_file, probe
 from orchestrator.errors import UserError
 from orchestrator.experiment import ExperimentDir
@@ -29,8 +30,7 @@ from orchestrator.plan import plan_rows, render_plan
 from orchestrator.resource_plan import BENCHMARKED, measured_throughput, render_resources
 from orchestrator.spec import DEFAULT_STORAGE_PATH, SpecError, SweepSpec, load_spec
 from orchestrator.storage import is_uri, remote_exists, storage_root
-from orchestrator.wandb_config import WandbMode
-from orchestrator.wandb_views import describe_runs, publish_analysis, sync_runs
+from orchestrator.wandb.views import describe_runs, publish_analysis, sync_runs
 
 EXIT_USER_ERROR = 2
 

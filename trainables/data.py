@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from orchestrator.config import GLUE_FILES, DataConfig
+from contract.config import GLUE_FILES, DataConfig
 
 __all__ = [
     "TaskData",
@@ -154,16 +154,6 @@ _GLUE: dict[str, _GlueColumns] = {
 }  # fmt: skip
 
 
-def _glue_metrics(task: str) -> tuple[str, ...]:
-    if task in ("mrpc", "qqp"):
-        return _CLASSIFICATION_METRICS
-    if task == "cola":
-        return ("matthews_correlation", "accuracy")
-    if task == "stsb":
-        return _REGRESSION_METRICS
-    return ("accuracy",)
-
-
 def _read_tsv(path: Path, names: tuple[str, ...] | None = None) -> pd.DataFrame:
     # QUOTE_NONE: GLUE sentences may begin with an unbalanced quote, which default quoting would
     # swallow into the next field. keep_default_na=False and dtype=str keep "NA", "null" and ""
@@ -252,7 +242,7 @@ def _load_glue(cfg: DataConfig) -> TaskData:
         validation=validation,
         num_labels=files.num_labels,
         problem_type="regression" if columns.file_labels is None else "classification",
-        metric_names=_glue_metrics(cfg.task),
+        metric_names=GLUE_FILES[cfg.task].metrics,
         label_names=columns.label_names,
         fingerprint=fingerprint,
     )

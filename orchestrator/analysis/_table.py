@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contract.rows import result_fields
 from orchestrator.analysis import _format
 from orchestrator.analysis._errors import AnalysisError
+from orchestrator.experiment import STATUS_COLUMNS, TRIAL_COLUMNS
 
 __all__ = [
     "DATA",
@@ -45,25 +47,23 @@ _FIXED_AXES = (MODEL, DATA, WORKERS)
 _NOT_EXTRA = {"model.name", "model.num_layers", DATA, WORKERS, SEED}
 
 _SPEC_KEYS = ("name", "primary_metric", "axes", "seeds", "num_trials")
+# What the analysis reads: the ledger's columns, the axes, and these fields of each trial's row.
 _REQUIRED_COLUMNS = (
-    "trial_id",
-    "label",
-    "status",
-    "error",
+    *STATUS_COLUMNS,
+    *TRIAL_COLUMNS,
     "model.name",
     DATA,
     WORKERS,
     SEED,
-    "params_non_embedding",
-    "train_examples",
-    "global_batch",
-    "use_gpu",
-    "gpus_per_worker",
-    "train_time_s",
-    "trial_wall_s",
-    "examples_per_s",
-    "train_tokens",
-    "eval_loss",
+    *result_fields(
+        "params_non_embedding",
+        "train_examples",
+        "global_batch",
+        "train_time_s",
+        "examples_per_s",
+        "train_tokens",
+        "eval_loss",
+    ),
 )
 _TEXT_COLUMNS = {"trial_id": str, "label": str, "status": str, "error": str, "model.name": str}
 FINISHED = "TERMINATED"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from orchestrator.config import GLUE_FILES, DataConfig
+from contract.config import GLUE_FILES, DataConfig
 from trainables import data
 from trainables.data import load_task_data, nested_subset, synthetic_pairs, tokenize_cached
 
@@ -42,7 +42,7 @@ def test_mrpc_counts_and_text_are_exact():
     assert Counter(task.validation["label"]) == {1: 279, 0: 129}
     assert task.text_columns == ("text_a", "text_b")
     assert (task.num_labels, task.problem_type) == (2, "classification")
-    assert task.metric_names == ("accuracy", "f1")
+    assert task.metric_names == ("f1", "accuracy")  # F1 first: it ranks MRPC trials
     assert task.train[0] == {
         "text_a": 'Amrozi accused his brother, whom he called "the witness", of deliberately '
         "distorting his evidence.",
