@@ -21,21 +21,28 @@ Scalesweep = Callable[..., subprocess.CompletedProcess]
 
 @pytest.fixture(scope="session")
 def scalesweep() -> Scalesweep:
-    """``scalesweep(*args, timeout=..., env=...)``: the CLI in a subprocess, output captured.
+    """``scalesweep(*args, timeout=..., env=...)``: the CLI in a subprocess, output captured;
+    ``env`` adds variables to this process' environment (None: removes one).
 
     Sweeps run there, as users run them: a sweep's Ray, W&B and tokenizer threads live and die
     with its own process, never in pytest's.
     """
 
     def run(
-        *args: str | Path, timeout: float = 900, env: dict[str, str] | None = None
+        *args: str | Path, timeout: float = 900, env: dict[str, str | None] | None = None
     ) -> subprocess.CompletedProcess:
+        environment = dict(os.environ)
+        for key, value in (env or {}).items():
+            if value is None:
+                environment.pop(key, None)
+            else:
+                environment[key] = value
         return subprocess.run(
             [sys.executable, "-m", "orchestrator.cli", *map(str, args)],
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=None if env is None else os.environ | env,
+            env=environment,
         )
 
     return run

@@ -42,15 +42,15 @@ def _ray_sessions() -> set[Path]:
 
 
 def _run(
-    scalesweep, root: Path, space: str, *args: str, env: dict[str, str] | None = None
+    scalesweep, root: Path, space: str, *args: str, env: dict[str, str | None] | None = None
 ) -> tuple[Path, str]:
     """``scalesweep run`` with a dummy key in the environment; the experiment dir and the
     output, which holds the logs of the Ray session it started too."""
     (root / "space.yaml").write_text(textwrap.dedent(space))
     experiment = root / "experiment"
     sessions = _ray_sessions()
-    # An empty WANDB_MODE counts as unset: the mode comes from the spec and the options.
-    env = {"WANDB_API_KEY": DUMMY_KEY, "WANDB_MODE": "", **(env or {})}
+    # No WANDB_MODE: the mode comes from the spec and the options.
+    env = {"WANDB_API_KEY": DUMMY_KEY, "WANDB_MODE": None, **(env or {})}
     run = scalesweep("run", root / "space.yaml", "-o", experiment, *args, env=env)
     assert run.returncode == 0, run.stdout + run.stderr
     logs = [p for s in _ray_sessions() - sessions for p in (s / "logs").rglob("*") if p.is_file()]
