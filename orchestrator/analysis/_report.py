@@ -90,13 +90,11 @@ def _warnings(summary: dict[str, Any]) -> list[str]:
     extra, metric = summary["experiment"]["extra_axes"], summary["experiment"]["metric"]
     lines = [
         f"Outlier: {_cell_name(o, extra)}, seed {_format.value(o[SEED])}: {metric} "
-        f"{o['metric']:.4f}, {o['residual_in_noise_units']:+.1f}× the noise off "
-        f"{_fits_named(o['flagged_by'])} (down-weighted by the robust fit)"
+        f"{o['metric']:.4f}, {_off(o)} (down-weighted by the robust fit)"
         for o in summary["outliers"]
     ]
     lines += [
-        f"Timing outlier: {_cell_name(o, extra)}, seed {_format.value(o[SEED])}: "
-        f"{o['residual_in_noise_units']:+.1f}× the noise off {_fits_named(o['flagged_by'])}"
+        f"Timing outlier: {_cell_name(o, extra)}, seed {_format.value(o[SEED])}: {_off(o)}"
         for o in summary["timing_outliers"]
     ]
     if summary["did_not_learn"]:
@@ -123,10 +121,12 @@ def _warnings(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _fits_named(flagged_by: list[str]) -> str:
-    """ "the joint law", or "the joint law and 2 more" when several fits flagged one trial."""
-    more = len(flagged_by) - 1
-    return f"the {flagged_by[0]}" + (f" and {more} more" if more else "")
+def _off(outlier: dict[str, Any]) -> str:
+    """How far off which law: "52× the noise above the joint law (and 2 more)". Above is a
+    worse error, or a slower time, than the law predicts."""
+    z, fits = outlier["residual_in_noise_units"], outlier["flagged_by"]
+    more = f" (and {len(fits) - 1} more)" if len(fits) > 1 else ""
+    return f"{abs(z):.3g}× the noise {'above' if z > 0 else 'below'} the {fits[0]}{more}"
 
 
 def _model_rows(summary: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
