@@ -103,7 +103,7 @@ def _workers_text(table: Table) -> str:
     """ "1 worker", or "1 worker; 2 cells at more" when some cells had none at the fewest."""
     text = _format.workers(table.reference_workers)
     if table.substituted:
-        text += f"; {len(table.substituted)} cell(s) at more, see the report"
+        text += f"; {len(table.substituted)} cell(s) at more"
     return text
 
 

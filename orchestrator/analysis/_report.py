@@ -106,11 +106,18 @@ def _warnings(summary: dict[str, Any]) -> list[str]:
                 for c in summary["did_not_learn"]
             )
         )
-    lines += [
-        f"Read at {_format.workers(q['workers'])}: {_cell_name(q['cell'], extra)} "
-        f"(at {_format.workers(q['reference_workers'])}: {q['reason']})"
-        for q in summary["quality_workers"]
-    ]
+    # One line per model read at more workers, with its fractions and the first failure.
+    by_model: dict[tuple, list[dict[str, Any]]] = {}
+    for q in summary["quality_workers"]:
+        key = (q["cell"][MODEL], *(q["cell"][a] for a in extra), q["workers"])
+        by_model.setdefault(key, []).append(q)
+    for (model, *_, workers), cells in by_model.items():
+        first = cells[0]
+        fractions = ", ".join(_format.fraction(q["cell"][DATA]) for q in cells)
+        lines.append(
+            f"Read at {_format.workers(workers)}: {model} at {fractions} data "
+            f"(at {_format.workers(first['reference_workers'])}: {first['reason']})"
+        )
     optimal = summary["compute_optimal"]
     if optimal:
         lines += [

@@ -168,15 +168,6 @@ class Table:
         """One row per model × data (× extra axes) cell: the one its quality is judged by."""
         return self.cells[self.cells["quality"]]
 
-    @property
-    def quality_trials(self) -> pd.DataFrame:
-        """The usable trials of cells that learned, at their quality worker count: what laws fit."""
-        return self.ok[self.ok["quality"] & self.ok["learned"]]
-
-    @property
-    def quality_keys(self) -> list[str]:
-        return [MODEL, DATA, *self.extra_axes]
-
 
 def load_experiment(directory: Path) -> Experiment:
     """Read experiment.json, results.csv and the per-trial histories of ``directory``."""
@@ -363,8 +354,8 @@ def _chance(trials: pd.DataFrame, metric: Metric) -> tuple[pd.Series, str]:
     fallback = (
         f"{default:g} by definition for {metric.name}"
         if math.isfinite(default)
-        else f"unknown for {metric.name} (the sweep predates the {column} column), so no cell is "
-        "judged to have not learned"
+        else f"unknown for {metric.name}: results.csv has no {column} column (older sweeps), so "
+        "no cell is judged to have not learned"
     )
     if column not in trials.columns:
         return pd.Series(default, index=trials.index, dtype=float), fallback
@@ -404,7 +395,7 @@ def _substituted(
                 "cell": {k: _format.plain(cell[k]) for k in keys},
                 "workers": int(cell[WORKERS]),
                 "reference_workers": reference,
-                "reason": _reasons(at_reference) or "no trial in results.csv",
+                "reason": _reasons(at_reference, workers=False) or "no trial in results.csv",
             }
         )
     return tuple(out)
@@ -433,11 +424,12 @@ def _matching(trials: pd.DataFrame, cell: Any, keys: list[str]) -> pd.DataFrame:
     return trials[mask]
 
 
-def _reasons(trials: pd.DataFrame) -> str:
-    """Why these trials gave nothing usable, one clause per trial: workers, seed and error."""
+def _reasons(trials: pd.DataFrame, *, workers: bool = True) -> str:
+    """Why these trials gave nothing usable, one clause per trial: (workers,) seed and error."""
     bad = trials[~trials["ok"]].sort_values([WORKERS, SEED])
     return "; ".join(
-        f"{_format.workers(int(t[WORKERS]))}, seed {_format.plain(t[SEED])}: {_failure(t)}"
+        (f"{_format.workers(int(t[WORKERS]))}, " if workers else "")
+        + f"seed {_format.plain(t[SEED])}: {_failure(t)}"
         for _, t in bad.iterrows()
     )
 

@@ -582,14 +582,17 @@ def test_a_model_whose_reference_cells_failed_is_read_at_more_workers(make_exper
     summary = result.summary
     assert [q["cell"]["data.train_fraction"] for q in summary["quality_workers"]] == list(FRACTIONS)
     assert {q["workers"] for q in summary["quality_workers"]} == {2}
-    assert summary["quality_workers"][0]["reason"].startswith(f"1 worker, seed 0: {OOM}")
+    assert summary["quality_workers"][0]["reason"] == f"seed 0: {OOM}; seed 1: {OOM}"
     # bert-small does not vanish: it has its data curve and is still the best model.
     curves = {c["key"]["model"]: c for c in summary["fits"]["data_axis"]["curves"]}
     assert curves["bert-small"]["fit"] is not None
     answer = summary["recommendation"]["model"]
     assert answer["choice"] == "bert-small"
     assert "bert-small is read at 2 workers (none finished with 1)" in answer["text"]
-    assert "Read at 2 workers: bert-small at 100 % data (at 1 worker: " in result.render_terminal()
+    assert (
+        f"Read at 2 workers: bert-small at 10 %, 30 %, 100 % data (at 1 worker: seed 0: {OOM}"
+        in result.render_terminal()
+    )
 
 
 def test_a_failed_full_data_cell_is_named_not_called_all_of_it(make_experiment) -> None:
