@@ -231,7 +231,7 @@ def _data(table: Table, cells: pd.DataFrame, model: str, *, epsilon: float) -> A
     details |= {"full_fraction": float(full[DATA]), "full_metric": float(full["metric_mean"])}
     # "All of it" only when the sweep's largest fraction is the one that finished.
     largest = (
-        "all of it"
+        f"all of it ({_format.fraction(full[DATA])})"
         if full[DATA] == sweep_full
         else f"the largest fraction that finished and learned, {_format.fraction(full[DATA])}"
     )
@@ -246,16 +246,20 @@ def _data(table: Table, cells: pd.DataFrame, model: str, *, epsilon: float) -> A
     if pick[DATA] == full[DATA]:
         runner_up = learned.iloc[-2]
         text = (
-            f"{largest} ({_format.fraction(full[DATA])}), {_shown(full, metric)}; the next "
-            f"largest, {_format.fraction(runner_up[DATA])}, reaches only {_shown(runner_up)}"
+            f"{largest}, {_shown(full, metric)}; the next largest, "
+            f"{_format.fraction(runner_up[DATA])}, reaches only {_shown(runner_up)}"
         )
     else:
         text = (
             f"{_format.fraction(pick[DATA])} ({_format.count(pick['train_examples'])} examples), "
             f"{_shown(pick, metric)} vs {_shown(full)} at {_format.fraction(full[DATA])}"
         )
-        if not from_here.all():
-            text += "; every larger fraction is within ε too"
+    lucky = learned[within & ~from_here]
+    if not lucky.empty:
+        text += (
+            f"; {', '.join(_format.fraction(f) for f in lucky[DATA])} also came within ε, but "
+            "a larger fraction did not: read as noise, not as a reason to train on less"
+        )
     caveats = _caveats(table, [pick, full], DATA)
     return Answer(question, float(pick[DATA]), _join(text, absent + caveats), details)
 

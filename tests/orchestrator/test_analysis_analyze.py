@@ -665,6 +665,7 @@ def test_one_lucky_small_fraction_does_not_cut_the_data(make_experiment) -> None
     )
     answer = analyze(directory).summary["recommendation"]["data"]
     assert answer["choice"] == 1.0
+    assert "6.25 % also came within ε, but a larger fraction did not" in answer["text"]
 
 
 def test_strong_scaling_is_corrected_for_many_comparisons(make_experiment) -> None:
