@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.analysis import _format
-from orchestrator.analysis._curves import JointFit
+from orchestrator.analysis._curves import JointFit, key_label
 from orchestrator.analysis._table import DATA, Table
 
 __all__ = ["compute_optimal", "describe"]
@@ -105,15 +105,17 @@ def _allocation(table: Table, joint: JointFit, nd: float, full_examples: float) 
 
 def describe(allocation: dict[str, Any], budget: float, error_label: str) -> str:
     """One line for the report and the terminal."""
+    where = f" ({key_label(allocation['key'])})" if allocation["key"] else ""
     if "refusal" in allocation:
-        return f"no allocation: {allocation['refusal']}"
+        return f"Compute-optimal allocation{where}: none ({allocation['refusal']})"
 
     def interval(name: str) -> str:
         ci = allocation.get(f"{name}_ci95")
         return f" [{_format.count(ci[0])}, {_format.count(ci[1])}]" if ci else ""
 
     text = (
-        f"for {_format.count(budget)} FLOPs: N* = {_format.count(allocation['params'])}"
+        f"Compute-optimal allocation{where} for {_format.count(budget)} FLOPs: "
+        f"N* = {_format.count(allocation['params'])}"
         f"{interval('params')} non-embedding params, D* = "
         f"{_format.count(allocation['examples'])}{interval('examples')} examples "
         f"({_format.fraction(allocation['data_fraction'])} of the training set), predicted "

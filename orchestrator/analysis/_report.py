@@ -121,8 +121,7 @@ def _warnings(summary: dict[str, Any]) -> list[str]:
     optimal = summary["compute_optimal"]
     if optimal:
         lines += [
-            "Compute-optimal "
-            + _optimal.describe(a, optimal["flops_budget"], summary["experiment"]["error"])
+            _optimal.describe(a, optimal["flops_budget"], summary["experiment"]["error"])
             for a in optimal["allocations"]
         ]
     return lines

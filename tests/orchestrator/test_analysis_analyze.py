@@ -422,8 +422,10 @@ def test_too_few_points_everywhere_still_writes_a_report(make_experiment) -> Non
     directory = make_experiment(
         models=("bert-tiny", "bert-mini"), fractions=(0.1, 1.0), workers=(1, 2), failed=()
     )
-    result = analyze(directory)
+    result = analyze(directory, flops_budget=1e14)
     fits = result.summary["fits"]
+    (allocation,) = result.summary["compute_optimal"]["allocations"]
+    assert allocation["refusal"].startswith("joint fit: too few points to fit")
     refusals = [c["refusal"] for axis in ("model_axis", "data_axis") for c in fits[axis]["curves"]]
     refusals += [j["refusal"] for j in fits["joint"]]
     refusals += [c["refusal"] for c in fits["amdahl"]["train_time_s"]]
@@ -565,7 +567,7 @@ def test_compute_optimal_allocation_for_a_flops_budget(ladder: Analysed) -> None
         low, high = allocation[f"{name}_ci95"]
         assert low <= allocation[name] <= high
     assert allocation["params_exponent"] + allocation["examples_exponent"] == pytest.approx(1.0)
-    assert "Compute-optimal for 1.00e+15 FLOPs: N* = " in ladder[1].render_terminal()
+    assert "Compute-optimal allocation for 1.00e+15 FLOPs: N* = " in ladder[1].render_terminal()
 
 
 def test_an_n1_winner_is_caveated(make_experiment) -> None:
@@ -723,7 +725,7 @@ def test_cli_passes_the_flops_budget(make_experiment, capsys, monkeypatch) -> No
     monkeypatch.delenv("WANDB_MODE", raising=False)
     directory = make_experiment(workers=(1,), failed=())
     assert main(["analyze", str(directory), "--flops-budget", "1e14"]) == 0
-    assert "Compute-optimal for 100T FLOPs" in capsys.readouterr().out
+    assert "Compute-optimal allocation for 100T FLOPs" in capsys.readouterr().out
     summary = json.loads((directory / "analysis" / "summary.json").read_text())
     assert summary["options"]["flops_budget"] == 1e14
 
