@@ -37,15 +37,16 @@ class Series:
 
 
 def scaling_series(experiment_dir: Path) -> list[Series]:
-    """Quality against parameters and against training examples (at the reference worker
-    count), training time and speed-up against workers; none before a trial has finished."""
+    """Quality against parameters and against training examples (each cell at the worker
+    count its quality is judged by), training time and speed-up against workers; none before a
+    trial has finished."""
     try:
         experiment = load_experiment(Path(experiment_dir))
         table = build_table(experiment, resolve_metric(experiment, None))
     except AnalysisError:
         return []
     metric = f"eval {table.metric.name}"
-    quality = table.cells[table.cells[WORKERS] == table.reference_workers]
+    quality = table.quality
     series = []
     if quality[MODEL].nunique() > 1:
         series.append(
