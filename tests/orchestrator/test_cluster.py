@@ -34,7 +34,7 @@ from orchestrator.experiment import ExperimentDir, TrialRecord
 from orchestrator.plan import plan_rows
 from orchestrator.resource_plan import BENCHMARKED, measured_throughput
 from orchestrator.spec import load_spec
-from orchestrator.storage import storage_root, upload
+from orchestrator.storage import storage_root
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
@@ -340,16 +340,6 @@ def test_plan_uses_a_previous_sweeps_throughput(tmp_path, capsys):
 def test_storage_root_is_the_experiment_dir_or_a_folder_of_the_uri(tmp_path):
     assert storage_root("experiments", tmp_path / "x") == str(tmp_path / "x")
     assert storage_root("s3://bucket/sweeps/", Path("experiments/x_2")) == "s3://bucket/sweeps/x_2"
-
-
-def test_upload_copies_the_experiment_directory_to_a_uri(tmp_path):
-    local = tmp_path / "exp"
-    (local / "trials" / "t1").mkdir(parents=True)
-    (local / "results.csv").write_text("a\n1\n")
-    (local / "trials" / "t1" / "history.jsonl").write_text("{}\n")
-    upload(local, f"file://{tmp_path}/bucket/exp")
-    assert (tmp_path / "bucket" / "exp" / "results.csv").read_text() == "a\n1\n"
-    assert (tmp_path / "bucket" / "exp" / "trials" / "t1" / "history.jsonl").is_file()
 
 
 def test_plan_times_trials_with_the_latest_run_of_the_same_spec(tmp_path, capsys, monkeypatch):
