@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,3 +49,48 @@ def scalesweep() -> Scalesweep:
         )
 
     return run
+
+
+@dataclass(frozen=True)
+class S3:
+    """A bucket on a real S3 API on 127.0.0.1 (moto's server mode): ``uri`` is
+    s3://<bucket>; ``env`` points boto and pyarrow at it (dummy credentials)."""
+
+    uri: str
+    bucket: str
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",  # no instance-metadata lookups for credentials
+    }
+    server.stop()
+
+
+_buckets = itertools.count()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> S3:
+    """A new, empty bucket; this process's environment points at it (subprocesses: ``env``)."""
+    for key, value in s3_server.items():
+        monkeypatch.setenv(key, value)
+    import boto3
+
+    bucket = f"sweeps-{os.getpid()}-{next(_buckets)}"
+    boto3.client("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
+    return S3(f"s3://{bucket}", bucket, dict(s3_server))

@@ -129,3 +129,35 @@ def test_a_torn_last_history_line_is_left_out(sweep):
     with open(experiment.trial_dir(TRIAL) / "history.jsonl", "a") as f:
         f.write('{"epoch": 2, "train_lo')  # a driver killed mid-write
     assert [r.epoch for r in Ledger(experiment).records[TRIAL].history] == [1]
+    # The next epoch goes after the whole lines: the torn one is gone.
+    ledger = Ledger(experiment)
+    ledger.start(TRIAL, config)
+    ledger.add_row(TRIAL, config, _row(2))
+    assert [r.epoch for r in experiment.read_history(TRIAL)] == [1, 2]
+
+
+def test_an_interruption_during_a_flush_is_the_state_that_stays(sweep, monkeypatch):
+    # A signal handler calls end() while results.csv is being written: the write under way
+    # must not put the RUNNING row back.
+    experiment, config = sweep
+    ledger = Ledger(experiment)
+    ledger.start(TRIAL, config)
+    write = experiment.write_results
+    calls = []
+
+    def interrupted_write(records):
+        calls.append([r.status for r in records])
+        if len(calls) == 1:
+            ledger.end()  # the signal arrives mid-write
+        return write(records)
+
+    monkeypatch.setattr(experiment, "write_results", interrupted_write)
+    ledger.add_row(TRIAL, config, _row(1))
+    assert calls == [["RUNNING"], ["INTERRUPTED"]]
+    assert experiment.read_results()["status"].tolist() == ["INTERRUPTED"]
+
+
+def test_no_results_file_before_a_trial_starts(sweep):
+    experiment, _ = sweep
+    Ledger(experiment).end()  # stopped before any trial started
+    assert not experiment.results_csv.exists() and Ledger(experiment).records == {}
