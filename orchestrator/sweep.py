@@ -85,8 +85,9 @@ class _Sweep:
 
     current: _Sweep | None = None  # Tune's callback finds the ledger's directory here
 
-    def __init__(self, experiment: ExperimentDir) -> None:
+    def __init__(self, experiment: ExperimentDir, total: int) -> None:
         self.experiment = experiment
+        self.total = total
         self.ledger: Ledger | None = None
         self.signum: int | None = None
         self.hinted = False
@@ -126,7 +127,8 @@ class _Sweep:
                 os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before
 
     def hint(self) -> None:
-        if not self.hinted:
+        """Say how to resume, once (not for a directory never made)."""
+        if not self.hinted and (self.experiment.path / "spec.yaml").is_file():
             self.hinted = True
             print(
                 "sweep interrupted; continue it with:\n"
@@ -144,7 +146,8 @@ class _Sweep:
         self.signum = signum
         if self.ledger is not None:
             self.ledger.end()
-        self.hint()
+        if self.ledger is None or self.ledger.done() < self.total:
+            self.hint()
         stop_tune = signal.getsignal(signal.SIGUSR1)
         if first and self._tune_running and callable(stop_tune):
             print(f"{signal.Signals(signum).name}: stopping the trials", file=sys.stderr)
@@ -377,7 +380,7 @@ def _drive(
 ) -> None:
     """Start Ray, fit the tuner, and finish: whatever stops the sweep (the end, an error, a
     signal), the rows are flushed, the state saved and the resume command printed."""
-    sweep = _Sweep(experiment)
+    sweep = _Sweep(experiment, len(spec.trials))
     tracking = SweepTracking(experiment.path)  # W&B off, until it starts
     try:
         tracking = SweepTracking.start(spec, experiment.path)  # the summary run, when W&B is on

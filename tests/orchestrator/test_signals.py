@@ -26,7 +26,7 @@ def running(tmp_path):
     spec = load_spec(space)
     experiment = ExperimentDir(tmp_path / "experiment", home=f"file://{tmp_path}/home")
     experiment.create(spec)
-    sweep = _Sweep(experiment)
+    sweep = _Sweep(experiment, len(spec.trials))
     sweep.ledger = Ledger(experiment)
     sweep.ledger.start(TRIAL, spec.trials[0].model_dump(mode="json"))
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
