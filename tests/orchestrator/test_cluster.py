@@ -18,7 +18,6 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from contract.config import ComputeConfig, TrialConfig
-from contract.rows import EpochRow
 from orchestrator.cli import main
 from orchestrator.cluster import (
     DRIVER_NODE_RESOURCE,
@@ -274,7 +273,7 @@ def test_plan_with_a_cluster_file_imports_no_ray():
     )
 
 
-def _previous_sweep(tmp_path: Path) -> tuple[Path, object]:
+def _previous_sweep(tmp_path: Path, epoch_row) -> tuple[Path, object]:
     """An experiment directory with one finished trial whose throughput we know."""
     spec = _spec(
         tmp_path,
@@ -289,27 +288,14 @@ def _previous_sweep(tmp_path: Path) -> tuple[Path, object]:
     experiment = ExperimentDir(tmp_path / "experiments" / "prev")  # where `run` puts it
     experiment.create(spec)
     row = plan_rows(spec)[0]
-    history = EpochRow(
+    history = epoch_row(
         epoch=2,
-        train_loss=0.69,
-        eval_loss=0.69,
         eval_accuracy=0.5,
         examples_per_s=100.0,
         tokens_per_s=3000.0,  # 30 tokens per example
-        epoch_time_s=10.0,
-        eval_time_s=1.0,
         train_time_s=20.0,  # 2 epochs x 1000 examples / 100 per s
-        examples_seen=2000,
-        train_tokens=60000,
-        lr=0.0,
-        worker_pid=1,
         params_total=row.params_total,
         params_non_embedding=row.params_non_embedding,
-        train_examples=1000,
-        global_batch=8,
-        per_worker_batch=8,
-        accumulation_steps=1,
-        restarts=0,
     )
     record = TrialRecord("t1", spec.trials[0].model_dump(mode="json"), "TERMINATED")
     record.history, record.wall_s = [history], 35.0
@@ -317,8 +303,8 @@ def _previous_sweep(tmp_path: Path) -> tuple[Path, object]:
     return experiment.path, row
 
 
-def test_measured_throughput_reproduces_a_measured_trial(tmp_path):
-    path, row = _previous_sweep(tmp_path)
+def test_measured_throughput_reproduces_a_measured_trial(tmp_path, epoch_row):
+    path, row = _previous_sweep(tmp_path, epoch_row)
     throughput = measured_throughput(path)
     assert "measured in" in throughput.source and "1 finished trials" in throughput.source
     # Same shape: 15 s of overhead (35 - 20) + the measured 20 s of training.
@@ -326,8 +312,8 @@ def test_measured_throughput_reproduces_a_measured_trial(tmp_path):
     assert BENCHMARKED.seconds(row) != pytest.approx(35.0)
 
 
-def test_plan_uses_a_previous_sweeps_throughput(tmp_path, capsys):
-    path, _ = _previous_sweep(tmp_path)
+def test_plan_uses_a_previous_sweeps_throughput(tmp_path, epoch_row, capsys):
+    path, _ = _previous_sweep(tmp_path, epoch_row)
     assert main(["plan", str(tmp_path / "s.yaml"), "--measured", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"estimate (measured in {path} (1 finished trials))" in out
@@ -352,8 +338,10 @@ def test_upload_copies_the_experiment_directory_to_a_uri(tmp_path):
     assert (tmp_path / "bucket" / "exp" / "trials" / "t1" / "history.jsonl").is_file()
 
 
-def test_plan_times_trials_with_the_latest_run_of_the_same_spec(tmp_path, capsys, monkeypatch):
-    path, _ = _previous_sweep(tmp_path)
+def test_plan_times_trials_with_the_latest_run_of_the_same_spec(
+    tmp_path, epoch_row, capsys, monkeypatch
+):
+    path, _ = _previous_sweep(tmp_path, epoch_row)
     monkeypatch.chdir(tmp_path)  # storage_path: experiments, relative to where plan runs
     assert main(["plan", str(tmp_path / "s.yaml")]) == 0
     out = capsys.readouterr().out
