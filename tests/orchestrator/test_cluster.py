@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -20,12 +21,15 @@ from packaging.version import Version
 from orchestrator.cli import main
 from orchestrator.cluster import (
     DRIVER_NODE_RESOURCE,
+    Admission,
     Capacity,
     ClusterError,
     NodeType,
+    check_placeable,
     gangs_that_fit,
     load_cluster_file,
-    max_concurrent_trials,
+    simulate,
+    start_order,
     trial_gang,
 )
 from orchestrator.config import ComputeConfig, TrialConfig
@@ -193,19 +197,114 @@ def _spec(tmp_path: Path, body: str):
     return load_spec(path)
 
 
-def test_max_concurrent_trials_follows_the_largest_gang_and_the_spec_cap(tmp_path):
+# --- gang-aware admission ---------------------------------------------------------------------
+
+
+def _gang(workers: int, **per_worker: float) -> list[dict[str, float]]:
+    return [{DRIVER_NODE_RESOURCE: 0.001}] + [dict(per_worker) for _ in range(workers)]
+
+
+def test_a_trial_starts_only_when_its_whole_gang_fits_beside_the_running_ones():
+    admission = Admission(Capacity("c", nodes=(HEAD,), node_types=(GPU_NODE,)))  # 3 GPU nodes
+    assert admission.try_start("a", _gang(2, CPU=4, GPU=1))
+    assert not admission.try_start("b", _gang(2, CPU=4, GPU=1))  # one GPU left
+    assert admission.try_start("c", _gang(1, CPU=4, GPU=1))
+    assert not admission.try_start("d", _gang(1, CPU=4, GPU=1))
+    admission.finish("a")
+    assert admission.try_start("b", _gang(2, CPU=4, GPU=1))
+    assert admission.running == 2
+
+
+def test_a_gang_that_does_not_fit_holds_nothing():
+    admission = Admission(Capacity("c", nodes=(HEAD,), node_types=(GPU_NODE,)))
+    assert admission.try_start("one", _gang(1, CPU=4, GPU=1))
+    # Two of its four workers would fit: none may stay placed (nor their added nodes counted).
+    assert not admission.try_start("four", _gang(4, CPU=4, GPU=1))
+    assert admission.try_start("x", _gang(1, CPU=4, GPU=1))
+    assert admission.try_start("y", _gang(1, CPU=4, GPU=1))
+    admission.finish("never-started")  # a trial that ends before it started frees nothing
+
+
+def test_mixed_shapes_and_custom_resources_pack_per_node():
+    capacity = Capacity(
+        "c",
+        nodes=(HEAD,),
+        node_types=(
+            NodeType("gpu1", {"CPU": 4.0, "GPU": 1.0}, max_count=2),
+            NodeType("gpu4", {"CPU": 48.0, "GPU": 4.0}, max_count=1),
+            NodeType("accel", {"CPU": 8.0, "accel": 2.0}, max_count=1),
+        ),
+    )
+    admission = Admission(capacity)
+    # 8 CPUs per worker fit only the 4-GPU node: two such workers take half of it.
+    assert admission.try_start("wide", _gang(2, CPU=8, GPU=1))
+    assert admission.try_start("accel", _gang(2, CPU=2, accel=1))
+    assert not admission.try_start("accel2", _gang(1, CPU=2, accel=1))
+    # Two 1-GPU nodes and the 4-GPU node's two free GPUs: four more 1-GPU workers, not five.
+    assert admission.try_start("four", _gang(4, CPU=4, GPU=1))
+    assert not admission.try_start("one", _gang(1, CPU=4, GPU=1))
+    admission.finish("wide")
+    assert admission.try_start("one", _gang(1, CPU=4, GPU=1))
+
+
+def test_start_next_backfills_past_a_gang_that_does_not_fit_and_keeps_the_spec_cap():
     capacity = Capacity("c", nodes=(HEAD,), node_types=(GPU_NODE,))
-    body = """
-        name: s
-        compute: {use_gpu: true, cpus_per_worker: 4, global_batch_size: 8}
-        axes: {compute.num_workers: [1, 2]}
-        seeds: [0, 1, 2]
-    """
-    assert max_concurrent_trials(_spec(tmp_path, body), capacity) == 1  # one 2-GPU gang fits
-    one = _spec(tmp_path, body.replace("[1, 2]", "[1]"))
-    assert max_concurrent_trials(one, capacity) == 3
-    capped = _spec(tmp_path, body.replace("[1, 2]", "[1]") + "    max_concurrent_trials: 2\n")
-    assert max_concurrent_trials(capped, capacity) == 2
+    admission = Admission(capacity)
+    assert admission.try_start("running", _gang(1, CPU=4, GPU=1))
+    waiting = [("big", _gang(4, CPU=4, GPU=1)), ("two", _gang(2, CPU=4, GPU=1))]
+    assert admission.start_next(waiting) == 1  # the 2-worker trial fills the 2 free GPUs
+    assert admission.start_next([("one", _gang(1, CPU=4, GPU=1))]) is None  # full
+
+    capped = Admission(capacity, max_running=1)
+    assert capped.start_next([("a", _gang(1, CPU=4, GPU=1))]) == 0
+    assert capped.start_next([("b", _gang(1, CPU=4, GPU=1))]) is None  # room, but the cap
+
+
+def test_longest_trials_start_first_then_the_largest_gangs():
+    gangs = [_gang(1, GPU=1), _gang(4, GPU=1), _gang(2, GPU=1), _gang(4, GPU=1)]
+    assert start_order(gangs, [10.0, 30.0, 30.0, None]) == [1, 2, 0, 3]
+    assert start_order(gangs, [None] * 4) == [1, 3, 2, 0]
+
+
+def test_capacity_total_counts_what_the_autoscaler_can_add():
+    cluster_yaml = load_cluster_file(CLUSTER_YAML)
+    assert cluster_yaml.total("GPU") == 20  # 8 + 4 one-GPU nodes, 2 four-GPU nodes
+    capped = Capacity("c", nodes=(HEAD,), node_types=cluster_yaml.node_types, max_added=3)
+    assert capped.total("GPU") == 4 + 4 + 1  # the largest nodes first
+    assert capped.total("CPU") == 1 + 48 + 48 + 4
+
+
+def test_every_mix_of_shapes_runs_to_the_end_without_deadlock():
+    capacity = Capacity(
+        "c",
+        nodes=(HEAD,),
+        node_types=(
+            NodeType("gpu1", {"CPU": 4.0, "GPU": 1.0}, max_count=3),
+            NodeType("gpu4", {"CPU": 16.0, "GPU": 4.0}, max_count=1),
+        ),
+    )
+    rng = random.Random(0)
+    trials = [
+        (_gang(rng.choice([1, 2, 4]), CPU=rng.choice([1, 4]), GPU=rng.choice([0.5, 1])), t)
+        for t in (rng.uniform(1, 10) for _ in range(60))
+    ]
+    schedule = simulate(capacity, trials)
+    busy = sum(t * sum(b.get("GPU", 0) for b in gang) for gang, t in trials)
+    assert schedule.busy == pytest.approx(busy)  # every trial ran once
+    assert schedule.makespan_s >= busy / capacity.total("GPU")  # never over capacity
+    assert 0 < schedule.utilisation <= 1
+
+
+def test_gang_aware_admission_beats_a_cap_by_the_largest_gang_on_the_ladder():
+    capacity = load_cluster_file(CLUSTER_YAML)
+    spec = load_spec(LADDER)
+    rows = plan_rows(spec)
+    trials = [(trial_gang(row.trial), BENCHMARKED.seconds(row)) for row in rows]
+    gang_aware = simulate(capacity, trials)
+    # The cap this replaced: 20 GPUs / the 4-worker gang = 5 trials at once, whatever their size.
+    capped = simulate(capacity, trials, max_running=5)
+    assert gang_aware.utilisation >= 0.85
+    assert gang_aware.makespan_s < capped.makespan_s and capped.utilisation < 0.6
 
 
 def test_unplaceable_trials_are_an_error_that_says_why(tmp_path):
@@ -219,10 +318,10 @@ def test_unplaceable_trials_are_an_error_that_says_why(tmp_path):
         """,
     )
     with pytest.raises(ClusterError, match=r"1 trial\(s\) can never be placed .*·w4·s0: 4 workers"):
-        max_concurrent_trials(spec, capacity)
+        check_placeable(spec, capacity)
     no_driver = Capacity("c", nodes=(("head", {"CPU": 8.0}),), node_types=(GPU_NODE,))
     with pytest.raises(ClusterError, match="no node offers the 'trial_driver' resource"):
-        max_concurrent_trials(spec, no_driver)
+        check_placeable(spec, no_driver)
 
 
 def test_cluster_file_errors_are_one_line(tmp_path):
@@ -240,12 +339,13 @@ def test_cluster_file_errors_are_one_line(tmp_path):
 # --- plan ------------------------------------------------------------------------------------
 
 
-def test_plan_against_cluster_yaml_reports_concurrency_and_gpu_hours(capsys):
+def test_plan_against_cluster_yaml_reports_makespan_utilisation_and_gpu_hours(capsys):
     assert main(["plan", str(LADDER), "--cluster", str(CLUSTER_YAML)]) == 0
     out = capsys.readouterr().out
-    # 20 GPUs at full scale: 8 + 4 one-GPU nodes hold 3 four-worker gangs, 2 four-GPU nodes 2.
     assert "cluster.yaml: head + up to 8 gpu1-spot, 2 gpu4-spot, 4 gpu1-ondemand" in out
-    assert "(at most 14 in all): 5 trials at once" in out
+    assert "(at most 14 in all): each trial starts when its gang fits" in out
+    utilisation = re.search(r"cluster.yaml: makespan about [\d.]+ min, GPU utilisation (\d+)%", out)
+    assert utilisation and int(utilisation[1]) >= 85, out
     assert "60 trials x 4 workers x (4 CPU, 1 GPU) = gang of 16 CPU, 4 GPU" in out
     assert re.search(r"180 trials: \d+\.\d\d GPU-hours", out)
     assert "estimate (BENCHMARKS.md: CPU measured" in out
