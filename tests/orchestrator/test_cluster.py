@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import re
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import tomllib
+from collections import Counter
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -42,6 +44,8 @@ from orchestrator.storage import storage_root, upload
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 KUBERAY = ROOT / "deploy" / "kuberay" / "raycluster.yaml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+AWS = ROOT / "deploy" / "aws"
 LADDER = ROOT / "search_spaces" / "mrpc_bert_ladder.yaml"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PINS = {
@@ -57,22 +61,27 @@ def _ray_requirement() -> Requirement:
     )
 
 
+def _base_image() -> str:
+    """The Dockerfile's FROM: rayproject/ray:<version>-py<XY>-<gpu|cuXY>."""
+    (line,) = [x for x in DOCKERFILE.read_text().splitlines() if x.startswith("FROM ")]
+    return line.split()[1]
+
+
 def _check_image(image: str) -> None:
-    """rayproject/ray:<version>-py<XY>-<gpu|cuXY>, Ray as pyproject, Python as requires-python."""
-    match = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-(gpu|cu\d+)", image)
+    """The project's image, tagged <project version>-ray<Ray>-py<XY>-<variant>: the version of
+    pyproject and the Ray, Python and variant of the Dockerfile's base image."""
+    match = re.fullmatch(r"[\w.-]+/scalesweep:([\w.]+)-ray([\w.]+-py\d+-[\w]+)", image)
     assert match, image
-    version, major, minor, _ = match.groups()
-    assert Version(version) in _ray_requirement().specifier
-    assert str(PINS["ray"].specifier) == f"=={version}"  # what setup_commands install
-    assert f"{major}.{minor}" in PYPROJECT["project"]["requires-python"]
+    assert match[1] == PYPROJECT["project"]["version"], image
+    assert _base_image() == f"rayproject/ray:{match[2]}", image
 
 
 # --- cluster.yaml --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster_doc() -> dict:
-    return yaml.safe_load(CLUSTER_YAML.read_text())
+    return yaml.safe_load(CLUSTER_YAML.read_text())  # a fresh copy: tests take it apart
 
 
 def test_cluster_yaml_validates_against_the_schema_in_the_ray_wheel(cluster_doc):
@@ -80,7 +89,19 @@ def test_cluster_yaml_validates_against_the_schema_in_the_ray_wheel(cluster_doc)
     jsonschema.validate(cluster_doc, json.loads(schema_path.read_text()))
 
 
-def test_cluster_image_and_pins_match_pyproject(cluster_doc):
+def test_the_image_is_rays_pinned_gpu_image_with_the_pins_and_the_project(cluster_doc):
+    base = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-(gpu|cu\d+)", _base_image())
+    assert base, _base_image()
+    version, major, minor, _ = base.groups()
+    assert Version(version) in _ray_requirement().specifier
+    assert str(PINS["ray"].specifier) == f"=={version}"
+    assert f"{major}.{minor}" in PYPROJECT["project"]["requires-python"]
+    installs = [x for x in DOCKERFILE.read_text().splitlines() if "pip install" in x]
+    # Nothing but the pinned file and the project itself: no bare package names or URLs.
+    assert [x.split()[-2:] for x in installs] == [
+        ["-r", "/home/ray/scalesweep/deploy/requirements.txt"],
+        ["--no-deps", "/home/ray/scalesweep"],
+    ]
     _check_image(cluster_doc["docker"]["image"])
     for dependency in map(Requirement, PYPROJECT["project"]["dependencies"]):
         pin = PINS.get(dependency.name)
@@ -92,16 +113,18 @@ def test_cluster_image_and_pins_match_pyproject(cluster_doc):
     assert set(PINS) == {Requirement(d).name for d in PYPROJECT["project"]["dependencies"]}
 
 
-def test_cluster_setup_installs_the_project_with_pinned_versions(cluster_doc):
-    assert cluster_doc["file_mounts"] == {"~/scalesweep": "."}
-    commands = cluster_doc["setup_commands"]
-    assert any("-r ~/scalesweep/deploy/requirements.txt" in c for c in commands)
-    assert any("--no-deps -e ~/scalesweep" in c for c in commands)
-    for command in commands:
-        # Nothing but the pinned file and the project itself: no bare package names or URLs.
-        args = command.split("pip install", 1)[1].split()
-        operands = [a for a in args if not a.startswith("-")]
-        assert operands in (["~/scalesweep/deploy/requirements.txt"], ["~/scalesweep"]), command
+def test_nodes_install_nothing_when_they_start(cluster_doc):
+    # Everything is in the image: no pip (multi-GB CUDA wheels) on a node or for a job.
+    assert "pip" not in CLUSTER_YAML.read_text().split("\nhead_node_type:")[1]
+    assert not {"setup_commands", "head_setup_commands", "worker_setup_commands"} & {*cluster_doc}
+    runtime_env = yaml.safe_load((KUBERAY.parent / "runtime_env.yaml").read_text())
+    assert runtime_env == {"working_dir": "."}
+
+
+def test_every_node_boots_the_same_pinned_ami(cluster_doc):
+    images = {t["node_config"]["ImageId"] for t in cluster_doc["available_node_types"].values()}
+    # One AMI ID (filled in from AWS's parameter, README), never Ray's default Ubuntu 18.04 one.
+    assert len(images) == 1 and re.fullmatch(r"ami-[0-9a-f]{8,17}|AMI_ID", images.pop())
 
 
 def test_every_key_of_cluster_yaml_has_a_comment():
@@ -129,12 +152,107 @@ def test_cluster_yaml_keeps_drivers_on_the_head_and_scales_gpus_from_zero(cluste
     assert cluster_doc["max_workers"] == sum(t["max_workers"] for t in types.values())
 
 
+def _v2_launches(doc: dict, gangs: list[int]) -> Counter:
+    """Nodes Ray 2.60's autoscaler v2 (its own scheduler, in-process) launches for pending
+    placement groups of ``gangs`` ladder workers each, from an empty cluster."""
+    from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
+    from ray.autoscaler.v2.scheduler import ResourceDemandScheduler, SchedulingRequest
+    from ray.autoscaler.v2.utils import ResourceRequestUtil
+    from ray.core.generated.autoscaler_pb2 import GangResourceRequest
+
+    config = AutoscalingConfig(copy.deepcopy(doc), skip_content_hash=True)
+    worker = load_spec(LADDER).trials[0].compute.worker_resources()  # {CPU: 4, GPU: 1}
+    reply = ResourceDemandScheduler().schedule(
+        SchedulingRequest(
+            node_type_configs=config.get_node_type_configs(),
+            max_num_nodes=config.get_max_num_nodes(),
+            gang_resource_requests=[
+                GangResourceRequest(requests=[ResourceRequestUtil.make(worker)] * n) for n in gangs
+            ],
+            disable_launch_config_check=True,
+        )
+    )
+    launched: Counter = Counter()
+    for request in reply.to_launch:
+        launched[request.instance_type] += request.count
+    return launched
+
+
+def _first_wave(capacity: Capacity) -> list[int]:
+    """Worker counts of the ladder trials that gang-aware admission starts at once."""
+    admission = Admission(capacity)
+    rows = plan_rows(load_spec(LADDER))
+    gangs = [trial_gang(row.trial) for row in rows]
+    order = start_order(gangs, [BENCHMARKED.seconds(row) for row in rows])
+    waiting = [(str(i), gangs[i]) for i in order]
+    started = []
+    while (index := admission.start_next(waiting)) is not None:
+        _, gang = waiting.pop(index)
+        started.append(len(gang) - 1)  # the driver's bundle is not a worker
+    return started
+
+
+SPOT_FIRST_CASES = {
+    "one 2-worker trial": [2],
+    "five 2-worker trials": [2] * 5,
+    "ten 1-worker trials": [1] * 10,
+    "three 4-worker trials": [4] * 3,
+    "five 4-worker trials": [4] * 5,
+    "a ladder mix": [4, 2, 1] * 3,
+    "twenty 1-worker trials": [1] * 20,
+}
+
+
+def test_autoscaler_v2_launches_on_demand_nodes_only_once_spot_is_full(cluster_doc):
+    types = cluster_doc["available_node_types"]
+    spot = {
+        name
+        for name, t in types.items()
+        if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+    }
+    workers = set(types) - {cluster_doc["head_node_type"]}
+    cases = {
+        **SPOT_FIRST_CASES,
+        "the ladder's first wave": _first_wave(load_cluster_file(CLUSTER_YAML)),
+    }
+    for case, gangs in cases.items():
+        launched = _v2_launches(cluster_doc, gangs)
+        print(f"{case}: {dict(launched)}")
+        assert sum(launched[t] * types[t]["resources"]["GPU"] for t in launched) >= min(
+            sum(gangs), 20
+        ), case
+        if any(launched[t] for t in workers - spot):
+            assert all(launched[t] == types[t]["max_workers"] for t in spot), (case, launched)
+    assert _v2_launches(cluster_doc, [2]) == {"gpu1-spot": 2}  # issue 11: spot 1 + on-demand 1
+
+    # Priority alone orders only types that v2 scores alike: without the on_demand marker, a
+    # 2-worker gang fills a 1-GPU on-demand node rather than a quarter-used 4-GPU spot node.
+    unmarked = copy.deepcopy(cluster_doc)
+    del unmarked["available_node_types"]["gpu1-ondemand"]["resources"]["on_demand"]
+    assert _v2_launches(unmarked, [2] * 5) == {"gpu1-spot": 8, "gpu1-ondemand": 2}
+
+
+def test_every_worker_type_has_a_priority_spot_above_on_demand(cluster_doc):
+    types = dict(cluster_doc["available_node_types"])
+    types.pop(cluster_doc["head_node_type"])
+    for name, node_type in types.items():
+        spot = node_type["node_config"].get("InstanceMarketOptions", {}).get("MarketType")
+        assert isinstance(node_type["priority"], int), name
+        assert (node_type["priority"] > 0) == (spot == "spot"), name
+        assert ("on_demand" in node_type["resources"]) == (spot is None), name
+
+
 # --- KubeRay ---------------------------------------------------------------------------------
 
 
-def test_kuberay_manifest_autoscales_gpu_groups_from_zero_with_the_same_image():
-    doc = yaml.safe_load(KUBERAY.read_text())
-    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayCluster"
+@pytest.fixture(scope="module")
+def kuberay_docs() -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(KUBERAY.read_text())}
+
+
+def test_kuberay_manifest_autoscales_gpu_groups_from_zero_with_the_same_image(kuberay_docs):
+    doc = kuberay_docs["RayCluster"]
+    assert doc["apiVersion"] == "ray.io/v1"
     spec = doc["spec"]
     assert spec["enableInTreeAutoscaling"] is True
     assert Version(spec["rayVersion"]) in _ray_requirement().specifier
@@ -147,13 +265,92 @@ def test_kuberay_manifest_autoscales_gpu_groups_from_zero_with_the_same_image():
         limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert int(limits["nvidia.com/gpu"]) >= 1
     capacity = load_cluster_file(KUBERAY)
-    assert capacity.nodes == (("head", {"CPU": 8.0, DRIVER_NODE_RESOURCE: 1.0}),)
+    assert capacity.nodes == (("head", {"CPU": 7.0, DRIVER_NODE_RESOURCE: 1.0}),)
     assert [(t.name, t.resources["GPU"], t.max_count) for t in capacity.node_types] == [
         ("gpu1", 1.0, 8),
         ("gpu4", 4.0, 2),
     ]
-    runtime_env = yaml.safe_load((KUBERAY.parent / "runtime_env.yaml").read_text())
-    assert runtime_env["pip"] == "deploy/requirements.txt"
+
+
+# vCPUs and GiB of the instance types the manifest names. A pod may ask for what the kubelet
+# leaves (EKS reserves ~0.1 vCPU and ~1 GiB per 8 vCPU / 32 GiB node, DaemonSets ~0.2 vCPU and
+# ~0.3 GiB): here at most the vCPUs less half a CPU, and 85 % of the memory.
+INSTANCE_TYPES = {"m5.2xlarge": (8, 32), "g5.2xlarge": (8, 32), "g5.12xlarge": (48, 192)}
+
+
+def test_kuberay_pods_fit_their_nodes_head_on_demand_secrets_shm_and_irsa(kuberay_docs):
+    spec = kuberay_docs["RayCluster"]["spec"]
+    account = kuberay_docs["ServiceAccount"]
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(
+        ":role/scalesweep-storage"
+    )
+    for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        is_head = group is spec["headGroupSpec"]
+        selector = pod["nodeSelector"]
+        assert selector["eks.amazonaws.com/capacityType"] == ("ON_DEMAND" if is_head else "SPOT")
+        cpus, gib = INSTANCE_TYPES[selector["node.kubernetes.io/instance-type"]]
+        (container,) = pod["containers"]
+        resources = container["resources"]
+        assert resources["requests"] == resources["limits"]  # Guaranteed: never evicted first
+        assert float(resources["requests"]["cpu"]) <= cpus - 0.5
+        assert float(resources["requests"]["memory"].removesuffix("Gi")) <= 0.85 * gib
+        assert pod["serviceAccountName"] == account["metadata"]["name"]  # S3 through IRSA
+        (key,) = [e for e in container["env"] if e["name"] == "WANDB_API_KEY"]
+        assert "value" not in key and key["valueFrom"]["secretKeyRef"]["name"] == "wandb"
+        (shm,) = [v for v in pod["volumes"] if v["emptyDir"].get("medium") == "Memory"]
+        assert {"name": shm["name"], "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+# --- IAM (deploy/aws) ------------------------------------------------------------------------
+
+
+def _statements(name: str) -> dict[str, dict]:
+    return {s["Sid"]: s for s in json.loads((AWS / name).read_text())["Statement"]}
+
+
+def test_the_head_may_pass_only_the_workers_role_and_end_only_its_own_nodes(cluster_doc):
+    head = _statements("head-policy.json")
+    region = cluster_doc["provider"]["region"]
+    types = cluster_doc["available_node_types"]
+    head_type = types.pop(cluster_doc["head_node_type"])
+    assert head_type["node_config"]["IamInstanceProfile"] == {"Name": "scalesweep-head"}
+    (worker_profile,) = {t["node_config"]["IamInstanceProfile"]["Name"] for t in types.values()}
+    passing = head["PassTheWorkersRole"]
+    assert passing["Action"] == "iam:PassRole"
+    assert passing["Resource"] == f"arn:aws:iam::ACCOUNT_ID:role/{worker_profile}"
+    assert passing["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    ending = head["RetagAndTerminateThisClustersNodesOnly"]
+    tag = {"ec2:ResourceTag/ray-cluster-name": cluster_doc["cluster_name"]}
+    assert ending["Condition"] == {"StringEquals": tag}
+    assert head["LaunchWorkers"]["Condition"]["StringEquals"]["aws:RequestedRegion"] == region
+    # Nothing else is passed, deleted or granted on every resource but describing and launching.
+    actions = {
+        a
+        for s in head.values()
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
+    assert actions == {
+        "ec2:RunInstances",
+        "ec2:CreateTags",
+        "ec2:TerminateInstances",
+        "ec2:DescribeInstances",
+        "iam:PassRole",
+        "iam:CreateServiceLinkedRole",
+    }
+    assert {sid for sid, s in head.items() if s["Resource"] == "*"} == {
+        "LaunchWorkers",
+        "SeeTheNodes",
+    }
+
+
+def test_storage_policy_covers_the_readmes_storage_path_and_nothing_else():
+    storage = _statements("storage-policy.json")
+    assert storage["FindTheBucket"]["Resource"] == "arn:aws:s3:::BUCKET"
+    objects = storage["ReadWriteSweepsUnderStoragePath"]
+    assert objects["Resource"] == "arn:aws:s3:::BUCKET/sweeps/*"
+    assert "storage_path=s3://BUCKET/sweeps" in (ROOT / "README.md").read_text()
+    assert all(a.startswith("s3:") for a in objects["Action"])
 
 
 # --- capacity math -------------------------------------------------------------------------
