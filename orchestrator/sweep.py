@@ -225,6 +225,9 @@ class GangAdmission(BasicVariantGenerator):
         if self._waiting is None:
             grid = []
             while (trial := super().next_trial()) is not None:
+                # What Tune does as it adds a trial; a waiting trial saved with this object
+                # cannot be restored without it (Trial.__setstate__ asserts it).
+                trial.create_placement_group_factory()
                 grid.append(trial)
             configs = [TrialConfig.model_validate(t.config) for t in grid]
             gangs = [trial_gang(c) for c in configs]
