@@ -447,10 +447,9 @@ def cluster_now() -> Capacity:
     import ray
 
     alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    # The head first, as in a cluster file.
-    nodes = sorted(
-        (("head" if "node:__internal_head__" in r else "worker"), dict(r)) for r in alive
-    )
+    named = [(("head" if "node:__internal_head__" in r else "worker"), dict(r)) for r in alive]
+    # The head first, as in a cluster file (by name only: two workers' dicts do not compare).
+    nodes = sorted(named, key=lambda node: node[0] != "head")
     address = ray.get_runtime_context().gcs_address
     return Capacity(source=f"cluster at {address} now", nodes=tuple(nodes))
 

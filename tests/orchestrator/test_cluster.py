@@ -13,6 +13,7 @@ import tomllib
 from collections import Counter
 from importlib.util import find_spec
 from pathlib import Path
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
@@ -28,6 +29,7 @@ from orchestrator.cluster import (
     ClusterError,
     NodeType,
     check_placeable,
+    cluster_now,
     gangs_that_fit,
     load_cluster_file,
     simulate,
@@ -519,6 +521,19 @@ def test_unplaceable_trials_are_an_error_that_says_why(tmp_path):
     no_driver = Capacity("c", nodes=(("head", {"CPU": 8.0}),), node_types=(GPU_NODE,))
     with pytest.raises(ClusterError, match="no node offers the 'trial_driver' resource"):
         check_placeable(spec, no_driver)
+
+
+def test_the_live_cluster_lists_the_head_first_whatever_the_number_of_workers(monkeypatch):
+    import ray
+
+    gpu = {"CPU": 4.0, "GPU": 1.0}
+    head = {"CPU": 1.0, "node:__internal_head__": 1.0}
+    alive = [gpu, head, {"CPU": 16.0, "GPU": 4.0}, gpu]
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": r} for r in alive])
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: SimpleNamespace(gcs_address="h:1"))
+    capacity = cluster_now()
+    assert [name for name, _ in capacity.nodes] == ["head", "worker", "worker", "worker"]
+    assert capacity.total("GPU") == 6 and capacity.source == "cluster at h:1 now"
 
 
 def test_cluster_file_errors_are_one_line(tmp_path):
