@@ -115,6 +115,7 @@ def simulated_cluster():
             "resources": {DRIVER_NODE_RESOURCE: HEAD_DRIVER_UNITS},
             "temp_dir": str(temp / "ray"),
             "include_dashboard": False,
+            "dashboard_port": _free_port(),
             "dashboard_agent_listen_port": _free_port(),
             **small,
         },
