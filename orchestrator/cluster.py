@@ -206,7 +206,6 @@ class Admission:
     """
 
     def __init__(self, capacity: Capacity, max_running: int | None = None) -> None:
-        self.capacity = capacity
         self.max_running = max_running
         self._packing = _Packing(capacity)
         self._running: dict[str, list[tuple[_Node, Resources]]] = {}
