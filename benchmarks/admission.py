@@ -62,8 +62,8 @@ def holding_trial(seconds: dict[str, float], log: str):
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
 
+        from contract.config import TrialConfig
         from orchestrator.cluster import trial_gang
-        from orchestrator.config import TrialConfig
 
         trial_config = TrialConfig.model_validate(config)
         started = time.time()

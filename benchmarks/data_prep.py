@@ -42,7 +42,7 @@ def cases(synthetic_size: int) -> dict[str, dict]:
 
 def child(config: dict) -> None:
     """Time one trial's data preparation in this process; print the seconds as JSON."""
-    from orchestrator.config import TrialConfig
+    from contract.config import TrialConfig
     from trainables.data import default_cache_dir, load_task_data, tokenize_cached
     from trainables.models import build_tokenizer
 

@@ -19,23 +19,7 @@ import time
 from contextlib import nullcontext
 
 from benchmarks.common import header
-
-# Dense bf16 peak TFLOP/s by device-name fragment, most specific first (vendor data sheets).
-PEAK_BF16_TFLOPS = {
-    "H100 PCIe": 756,
-    "H200": 989,
-    "H100": 989,
-    "B200": 2250,
-    "A100": 312,
-    "L40S": 362,
-    "L4": 121,
-    "A10G": 70,
-    "A10": 125,
-}
-
-
-def peak_tflops(device_name: str) -> float | None:
-    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
+from trainables.hardware import peak_tflops, training_flops_per_token
 
 
 def main() -> None:
@@ -55,7 +39,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("skipped: no CUDA device here (torch.cuda.is_available() is False); run on a GPU")
         return
-    from orchestrator.config import TrialConfig
+    from contract.config import TrialConfig
     from trainables.loop import build_optimizer
     from trainables.models import build_model, count_parameters
 
@@ -108,8 +92,8 @@ def main() -> None:
 
     cfg = model.config
     tokens_per_s = args.steps * args.batch_size * args.seq_len / seconds
-    flops_per_token = (
-        6 * non_embedding + 12 * cfg.num_hidden_layers * cfg.hidden_size * args.seq_len
+    flops_per_token = training_flops_per_token(
+        non_embedding, layers=cfg.num_hidden_layers, hidden=cfg.hidden_size, seq_len=args.seq_len
     )
     name = torch.cuda.get_device_name() if cuda else "cpu"
     peak = args.peak_tflops or (peak_tflops(name) if cuda else None)

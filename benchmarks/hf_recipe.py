@@ -62,7 +62,7 @@ def trainer_rates(
         TrainingArguments,
     )
 
-    from orchestrator.config import DataConfig
+    from contract.config import DataConfig
     from trainables.data import load_task_data
 
     clock = StepClock()
@@ -126,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
 
     header(f"against the common recipe: MiniLM on MRPC, batch {BATCH}, {args.threads} threads")
-    from orchestrator.config import TrialConfig
+    from contract.config import TrialConfig
     from trainables.loop import fit
 
     torch.set_num_threads(args.threads)

@@ -31,7 +31,7 @@ def plain_examples_per_s(config: dict[str, Any], cache_dir: Path) -> float:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from orchestrator.config import TrialConfig
+    from contract.config import TrialConfig
     from trainables.data import load_task_data
     from trainables.loop import build_dataloaders
     from trainables.models import build_tokenizer

@@ -11,6 +11,7 @@ Examples:
   scalesweep resume experiments/quickstart
   scalesweep results experiments/quickstart
   scalesweep analyze experiments/quickstart --target 0.8 --price-per-gpu-hour 2.5
+  scalesweep analyze experiments/mrpc_bert_ladder --flops-budget 1e17
   scalesweep wandb experiments/quickstart --sync
 """
 
@@ -22,6 +23,7 @@ import re
 import sys
 from pathlib import Path
 
+from contract.tracking import WandbMode
 from orchestrator.cluster import ClusterError, load_cluster_file, probe
 from orchestrator.errors import UserError
 from orchestrator.experiment import ExperimentDir
@@ -29,8 +31,7 @@ from orchestrator.plan import plan_rows, render_plan
 from orchestrator.resource_plan import BENCHMARKED, measured_throughput, render_resources
 from orchestrator.spec import DEFAULT_STORAGE_PATH, SpecError, SweepSpec, load_spec
 from orchestrator.storage import is_uri, remote_exists, storage_root
-from orchestrator.wandb_config import WandbMode
-from orchestrator.wandb_views import describe_runs, publish_analysis, sync_runs
+from orchestrator.wandb.views import describe_runs, publish_analysis, sync_runs
 
 EXIT_USER_ERROR = 2
 
@@ -147,6 +148,7 @@ def cmd_analyze(
     time_budget_s: float | None = None,
     money_budget: float | None = None,
     model: str | None = None,
+    flops_budget: float | None = None,
     wandb: str | None = None,
 ) -> int:
     """Fit scaling laws, plot the curves, write the report and print the recommendation."""
@@ -161,6 +163,7 @@ def cmd_analyze(
         time_budget_s=time_budget_s,
         money_budget=money_budget,
         model=model,
+        flops_budget=flops_budget,
     )
     print(result.render_terminal())
     publish_analysis(experiment_dir, result, mode=wandb)  # when the sweep uses W&B
@@ -247,7 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--price-per-gpu-hour", type=float, help="turns GPU-hours into money")
     analyze.add_argument("--time-budget-s", type=float, help="wall-time budget per trial")
     analyze.add_argument("--money-budget", type=float, help="money budget per trial")
-    analyze.add_argument("--model", help="model for the data-fraction recommendation")
+    analyze.add_argument(
+        "--model",
+        help="model for the data-fraction recommendation (its short name, e.g. model-L3, or "
+        "model.name as in the spec)",
+    )
+    analyze.add_argument(
+        "--flops-budget",
+        type=float,
+        help="training FLOPs (6 × non-embedding params × tokens × epochs) to allocate: the joint "
+        "law's compute-optimal model size N* and examples D*, with 95 %% intervals",
+    )
     analyze.add_argument(
         "--wandb",
         choices=wandb_modes,

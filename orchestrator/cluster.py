@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.config import TrialConfig
+from contract.config import TrialConfig, describe_resources
 from orchestrator.errors import UserError
 from orchestrator.spec import SweepSpec
 
@@ -304,10 +304,6 @@ def simulate(
     return Schedule(now, busy, capacity.total(kind), kind)
 
 
-def _fmt(resources: Resources) -> str:
-    return ", ".join(f"{v:g} {k}" for k, v in resources.items())
-
-
 def _why_unplaceable(trial: TrialConfig, capacity: Capacity) -> str:
     driver, *workers = trial_gang(trial)
     if not gangs_that_fit([driver], capacity, 1):
@@ -318,11 +314,12 @@ def _why_unplaceable(trial: TrialConfig, capacity: Capacity) -> str:
         )
     worker = workers[0]
     if not gangs_that_fit([worker], capacity, 1):
-        return f"a worker needs {_fmt(worker)} on one node, and no node has that much"
+        return f"a worker needs {describe_resources(worker)} on one node, and no node has that much"
     fit = gangs_that_fit([worker], capacity, len(workers))
     total = trial.compute.trial_resources()
     return (
-        f"{len(workers)} workers need {_fmt(total)} at once, and only {fit} such workers fit; "
+        f"{len(workers)} workers need {describe_resources(total)} at once, and only {fit} "
+        "such workers fit; "
         f"lower compute.num_workers or the per-worker resources, or allow more nodes"
     )
 

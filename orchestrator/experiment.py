@@ -2,18 +2,25 @@
 
 <dir>/spec.yaml                     the resolved search space, overrides applied
 <dir>/experiment.json               name, primary metric, axes, seeds, trial count
-<dir>/results.csv                   one row per trial (rewritten as trials finish)
+<dir>/results.csv                   one row per trial (rewritten as trials start and end)
 <dir>/trials/<trial_id>/config.json the trial's full config
-<dir>/trials/<trial_id>/history.jsonl  one row per epoch, as reported
+<dir>/trials/<trial_id>/history.jsonl  one EpochRow per line, as reported
 <dir>/trials/<trial_id>/error.txt   the traceback of a failed trial
 <dir>/tune/, <dir>/train/           Ray Tune and Ray Train state (restore, checkpoints)
 <dir>/wandb/                        W&B run files (a view of the above; sweep.json: its W&B name)
+
+``Ledger`` keeps the books while a sweep runs: which trials started, finished or failed, every
+epoch once (whatever restarts replay or repeat), and wall time across resumptions. It knows
+nothing of Ray: the sweep's Tune callback only translates Tune's events into its calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +28,26 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from orchestrator.config import TrialConfig
+from contract.config import TrialConfig
+from contract.rows import REQUIRED_RESULT_FIELDS, RESULT_FIELDS, EpochRow
 from orchestrator.spec import SweepSpec
 
-__all__ = ["CORE_AXES", "ExperimentDir", "TrialRecord", "summarize_error"]
+__all__ = [
+    "CORE_AXES",
+    "STATUS_COLUMNS",
+    "TRIAL_COLUMNS",
+    "ExperimentDir",
+    "Ledger",
+    "TrialRecord",
+    "summarize_error",
+]
 
 CORE_AXES = ("model.name", "model.num_layers", "data.train_fraction", "compute.num_workers")
-# Per-epoch figures that are not carried into the results table as they are.
-_EPOCH_ONLY = ("epoch", "epoch_time_s", "eval_time_s", "lr")
+# What the sweep knows of each trial beside its config and rows: results.csv's first columns.
+STATUS_COLUMNS = ("trial_id", "label", "status", "error")
+# The ledger's own columns that every results.csv has had: the trial's resources and wall time.
+TRIAL_COLUMNS = ("use_gpu", "gpus_per_worker", "trial_wall_s")
+FINISHED, FAILED, RUNNING, INTERRUPTED = "TERMINATED", "ERROR", "RUNNING", "INTERRUPTED"
 
 
 def _get(trial: dict[str, Any], dotted: str) -> Any:
@@ -44,11 +63,17 @@ class TrialRecord:
     config: dict[str, Any]
     status: str = "PENDING"
     error: str = ""
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[EpochRow] = field(default_factory=list)
     wall_s: float | None = None
     retries: int = 0  # Tune-level retries after the trial errored (spec: trial_retries)
 
+    @property
+    def label(self) -> str:
+        return TrialConfig.model_validate(self.config).label()
+
     def row(self, axes: list[str], primary_metric: str) -> dict[str, Any]:
+        """The trial's line in results.csv: status, axes, resources, then the last epoch's
+        row (its trial-level fields) and the best score of any epoch."""
         trial = TrialConfig.model_validate(self.config)
         compute = trial.compute
         row: dict[str, Any] = {
@@ -69,11 +94,11 @@ class TrialRecord:
             "trial_wall_s": self.wall_s,
             "trial_retries": self.retries,
         }
+        # The columns every trial reports are there (empty) before its first epoch, too.
+        last = self.history[-1].to_dict() if self.history else {}
+        row |= {k: last.get(k) for k in RESULT_FIELDS if k in last or k in REQUIRED_RESULT_FIELDS}
         if self.history:
-            last = self.history[-1]
-            row |= {k: v for k, v in last.items() if k not in _EPOCH_ONLY}
-            scores = [h[f"eval_{primary_metric}"] for h in self.history]
-            row[f"best_{primary_metric}"] = max(scores)
+            row[f"best_{primary_metric}"] = max(r.score(primary_metric) for r in self.history)
         return row
 
 
@@ -111,10 +136,10 @@ class ExperimentDir:
         _atomic_write(trial_dir / "config.json", json.dumps(record.config, indent=2))
         (trial_dir / "history.jsonl").write_text("")
 
-    def append_history(self, trial_id: str, row: dict[str, Any]) -> None:
+    def append_history(self, trial_id: str, row: EpochRow) -> None:
         self.trial_dir(trial_id).mkdir(parents=True, exist_ok=True)
         with open(self.trial_dir(trial_id) / "history.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row.to_dict()) + "\n")
 
     def write_error(self, trial_id: str, text: str) -> None:
         self.trial_dir(trial_id).mkdir(parents=True, exist_ok=True)
@@ -136,14 +161,21 @@ class ExperimentDir:
             )
         return pd.read_csv(self.results_csv, keep_default_na=False, na_values=[""])
 
-    def read_history(self, trial_id: str) -> list[dict[str, Any]]:
+    def read_history(self, trial_id: str) -> list[EpochRow]:
+        """The trial's rows; a torn last line (a driver killed mid-write) is left out."""
         path = self.trial_dir(trial_id) / "history.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(EpochRow.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
+                continue
+        return rows
 
-    def rewrite_history(self, trial_id: str, rows: list[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(row) + "\n" for row in rows)
+    def rewrite_history(self, trial_id: str, rows: list[EpochRow]) -> None:
+        text = "".join(json.dumps(row.to_dict()) + "\n" for row in rows)
         _atomic_write(self.trial_dir(trial_id) / "history.jsonl", text)
 
     def load_records(self) -> list[TrialRecord]:
@@ -169,6 +201,109 @@ class ExperimentDir:
                 )
             )
         return records
+
+
+class Ledger:
+    """The books of a running sweep, kept in its experiment directory as events arrive.
+
+    Each method records one event and rewrites results.csv, so an interrupted sweep keeps
+    everything that happened. ``clock`` measures wall time (monotonic seconds).
+    """
+
+    def __init__(
+        self, experiment: ExperimentDir, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.experiment = experiment
+        self.clock = clock
+        # A resumed sweep starts from what the interrupted run wrote: finished trials keep
+        # their rows and histories.
+        self.records = {r.trial_id: r for r in experiment.load_records()}
+        self.finished_before = {t for t, r in self.records.items() if r.status == FINISHED}
+        # When each running trial (re)started, and its wall time before that: a trial's wall
+        # time adds up over resumptions, and is saved with every epoch, so a killed driver
+        # loses at most the time since the last one.
+        self._started: dict[str, tuple[float, float]] = {}
+
+    def record(self, trial_id: str, config: dict[str, Any]) -> TrialRecord:
+        if trial_id not in self.records:
+            self.records[trial_id] = TrialRecord(trial_id, dict(config))
+        return self.records[trial_id]
+
+    def flush(self) -> None:
+        self.experiment.write_results(list(self.records.values()))
+
+    def start(self, trial_id: str, config: dict[str, Any]) -> bool:
+        """A trial (re)starts; whether it resumes one that ran before."""
+        resumed = trial_id in self.records
+        record = self.record(trial_id, config)
+        record.status = RUNNING
+        self._started[trial_id] = (self.clock(), record.wall_s or 0.0)
+        if not resumed:
+            self.experiment.start_trial(record)
+        self.flush()
+        return resumed
+
+    def add_row(self, trial_id: str, config: dict[str, Any], row: EpochRow) -> bool:
+        """A reported epoch; False when it is one already recorded (a restarted trial replays
+        the rows of its checkpoint first)."""
+        record = self.record(trial_id, config)
+        if any(_same_epoch_row(row, held) for held in record.history):
+            return False
+        if record.history and row.epoch <= record.history[-1].epoch:
+            # The trial restarted from an earlier checkpoint (or from scratch): its new rows
+            # replace the ones it is repeating, so each epoch appears once.
+            record.history = [h for h in record.history if h.epoch < row.epoch]
+            self.experiment.rewrite_history(trial_id, record.history)
+        record.history.append(row)
+        self.experiment.append_history(trial_id, row)
+        self._update_wall(record)
+        self.flush()
+        return True
+
+    def finish(self, trial_id: str, config: dict[str, Any], status: str, error: str = "") -> None:
+        record = self.record(trial_id, config)
+        record.status, record.error = status, error
+        self._update_wall(record)
+        self.flush()
+
+    def fail(self, trial_id: str, config: dict[str, Any], traceback_text: str) -> str:
+        """A trial failed: its traceback saved, its row ERROR with a one-line reason (returned)."""
+        self.experiment.write_error(trial_id, traceback_text)
+        reason = summarize_error(traceback_text)
+        self.finish(trial_id, config, FAILED, reason)
+        return reason
+
+    def retry(self, trial_id: str, config: dict[str, Any]) -> TrialRecord:
+        """Tune runs a failed trial again (spec: trial_retries); it resumes from its checkpoint."""
+        record = self.record(trial_id, config)
+        record.retries += 1
+        self._update_wall(record)
+        self.flush()
+        return record
+
+    def end(self) -> None:
+        """The sweep stopped: a trial still running is INTERRUPTED (``resume`` continues it)."""
+        for record in self.records.values():
+            if record.status == RUNNING:
+                record.status = INTERRUPTED
+                self._update_wall(record)
+        self.flush()
+
+    def done(self) -> int:
+        return sum(r.status in (FINISHED, FAILED) for r in self.records.values())
+
+    def _update_wall(self, record: TrialRecord) -> None:
+        if record.trial_id in self._started:
+            since, before = self._started[record.trial_id]
+            record.wall_s = before + self.clock() - since
+
+
+def _same_epoch_row(row: EpochRow, held: EpochRow) -> bool:
+    """Whether ``row`` repeats ``held``; the checkpoint path is added on the way to Tune, so a
+    replayed row lacks it."""
+    return dataclasses.replace(row, checkpoint_path=None) == dataclasses.replace(
+        held, checkpoint_path=None
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -10,7 +10,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.config import GLUE_FILES, DataConfig, ModelConfig, TrialConfig
+from contract.config import (
+    GLUE_FILES,
+    DataConfig,
+    ModelConfig,
+    TrialConfig,
+    describe_resources,
+)
 from orchestrator.spec import SpecError, SweepSpec
 
 __all__ = ["PlanRow", "bert_parameter_counts", "plan_rows", "render_plan", "train_split_size"]
@@ -111,8 +117,7 @@ class PlanRow:
     train_examples: int
 
     def resources(self) -> str:
-        per_worker = self.trial.compute.worker_resources()
-        return ", ".join(f"{v:g} {k}" for k, v in per_worker.items())
+        return describe_resources(self.trial.compute.worker_resources())
 
 
 def _num_labels(data: DataConfig) -> int:
@@ -125,7 +130,7 @@ def plan_rows(spec: SweepSpec) -> list[PlanRow]:
     sizes: dict[str, int] = {}
     rows = []
     for trial in spec.trials:
-        key = trial.data.model_dump_json(exclude={"train_fraction", "max_length"})
+        key = trial.data.source_key()
         if key not in sizes:
             sizes[key] = train_split_size(trial.data)
         arch = _architecture(trial.model)
@@ -182,7 +187,7 @@ def render_plan(spec: SweepSpec, rows: list[PlanRow]) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in table]
     largest = max(rows, key=lambda r: sum(r.trial.compute.trial_resources().values()))
-    gang = ", ".join(f"{v:g} {k}" for k, v in largest.trial.compute.trial_resources().items())
+    gang = describe_resources(largest.trial.compute.trial_resources())
     example_epochs = sum(r.train_examples * r.trial.train.epochs for r in rows)
     scaling = {r.trial.compute.batch_scaling.value for r in rows}
     cells = " x ".join(str(len(v)) for v in spec.axes.values()) or "1"

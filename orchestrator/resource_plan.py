@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.config import describe_resources
 from orchestrator.cluster import DRIVER_RESOURCES, Capacity, simulate, trial_gang, unplaceable
 from orchestrator.experiment import ExperimentDir
 from orchestrator.plan import PlanRow
@@ -109,10 +110,6 @@ def measured_throughput(experiment_dir: Path) -> Throughput:
     )
 
 
-def _fmt(resources: dict[str, float]) -> str:
-    return ", ".join(f"{v:g} {k}" for k, v in resources.items())
-
-
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -127,13 +124,15 @@ def render_resources(
 ) -> tuple[str, list[str]]:
     """The resource plan as text, and one error line per cluster that cannot place a trial."""
     driver = {k: v for k, v in DRIVER_RESOURCES.items() if v}
-    lines = ["", f"resources (every trial's driver: {_fmt(driver)}, on the head):"]
+    lines = ["", f"resources (every trial's driver: {describe_resources(driver)}, on the head):"]
     shapes: dict[tuple[int, str], list[PlanRow]] = {}
     for row in rows:
         compute = row.trial.compute
-        shapes.setdefault((compute.num_workers, _fmt(compute.worker_resources())), []).append(row)
+        shapes.setdefault(
+            (compute.num_workers, describe_resources(compute.worker_resources())), []
+        ).append(row)
     for (workers, per_worker), group in sorted(shapes.items()):
-        gang = _fmt(group[0].trial.compute.trial_resources())
+        gang = describe_resources(group[0].trial.compute.trial_resources())
         lines.append(f"  {len(group)} trials x {workers} workers x ({per_worker}) = gang of {gang}")
 
     errors, placeable = [], []

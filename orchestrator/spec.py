@@ -19,9 +19,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.config import BERT_LADDER, TrialConfig
+from contract.config import BERT_LADDER, TrialConfig
+from contract.tracking import WandbMode
 from orchestrator.errors import UserError
-from orchestrator.wandb_config import WandbConfig, WandbMode, wandb_environment
+from orchestrator.wandb.settings import WandbConfig, wandb_environment
 
 __all__ = ["AXIS_FIELDS", "SpecError", "SweepSpec", "load_spec", "parse_override"]
 
@@ -35,7 +36,7 @@ TOP_LEVEL_KEYS = (
     "storage_path",
     "max_concurrent_trials",
     "trial_retries",  # Tune runs a failed trial again (from its checkpoint) this many times
-    "wandb",  # sweep-level W&B settings (orchestrator.wandb_config), never a trial axis
+    "wandb",  # sweep-level W&B settings (orchestrator.wandb.settings), never a trial axis
 )
 # Where experiment directories go locally (with a cloud storage_path: the local copy).
 DEFAULT_STORAGE_PATH = "experiments"

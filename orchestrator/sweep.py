@@ -17,9 +17,12 @@ from pathlib import Path
 import ray
 from ray import tune
 from ray.tune.experiment import Trial
-from ray.tune.result import AUTO_RESULT_KEYS
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search import BasicVariantGenerator
 
+from contract.config import TrialConfig
+from contract.rows import METRIC_NAMES, EpochRow, score_column
+from contract.tracking import TrialTracking
 from orchestrator.cluster import (
     DRIVER_NODE_RESOURCE,
     DRIVER_RESOURCES,
@@ -31,14 +34,12 @@ from orchestrator.cluster import (
     sweep_capacity,
     trial_gang,
 )
-from orchestrator.config import TrialConfig
-from orchestrator.experiment import ExperimentDir, TrialRecord, summarize_error
+from orchestrator.experiment import FAILED, FINISHED, ExperimentDir, Ledger, summarize_error
 from orchestrator.plan import plan_rows
 from orchestrator.resource_plan import BENCHMARKED
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from orchestrator.storage import is_uri, storage_root, upload
-from orchestrator.wandb_config import TrialTracking
-from orchestrator.wandb_views import SweepTracking
+from orchestrator.wandb.views import SweepTracking
 from trainables.driver import run_trial
 
 log = logging.getLogger(__name__)
@@ -67,126 +68,74 @@ FORWARDED_ENV = (
     "SCALESWEEP_CACHE",
     "WANDB_BASE_URL",
 )
-_NOT_REPORTED = {*AUTO_RESULT_KEYS, "done", "trial_id", "experiment_tag", "should_checkpoint"}
 
 
-class ExperimentWriter(tune.Callback):
-    """Streams trial starts, per-epoch reports, completions and errors to the experiment dir."""
+class _TuneEvents(tune.Callback):
+    """Tune's events, translated for the experiment directory's ``Ledger``, and printed as
+    one line per trial start, epoch and end."""
 
     def __init__(self, experiment: ExperimentDir, total: int) -> None:
         self.experiment = experiment
         self.total = total
-        self.records: dict[str, TrialRecord] = {}
-        # When each running trial (re)started, and its wall time before that: a trial's wall
-        # time adds up over resumptions, and is saved with every epoch, so a killed driver
-        # loses at most the time since the last one.
-        self.started: dict[str, tuple[float, float]] = {}
-        self.finished_before: set[str] = set()
 
     def setup(self, **info) -> None:
-        # A resumed sweep restores this callback as it was pickled at launch: reload what the
-        # interrupted run wrote, so finished trials keep their rows and histories.
-        self.records = {r.trial_id: r for r in self.experiment.load_records()}
-        self.finished_before = {t for t, r in self.records.items() if r.status == "TERMINATED"}
-
-    def _record(self, trial: Trial) -> TrialRecord:
-        if trial.trial_id not in self.records:
-            self.records[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config))
-        return self.records[trial.trial_id]
-
-    def _flush(self, trials: list[Trial]) -> None:
-        for trial in trials:
-            self._record(trial)
-        self.experiment.write_results(list(self.records.values()))
+        # Made here, not in __init__: a resumed sweep restores this callback as it was pickled
+        # at launch, and the ledger must read what the interrupted run wrote.
+        self.ledger = Ledger(self.experiment)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
-        if trial.trial_id in self.finished_before:
+        if trial.trial_id in self.ledger.finished_before:
             return  # its row stands; the trial function returns at once (see _tune_trial)
-        resumed = trial.trial_id in self.records
-        record = self._record(trial)
-        record.status = "RUNNING"
-        self.started[trial.trial_id] = (time.monotonic(), record.wall_s or 0.0)
-        if not resumed:
-            self.experiment.start_trial(record)
-        self._flush(trials)
-        verb = "resumed" if resumed else "started"
-        print(f"  {_label(record)} {verb} ({trial.trial_id})", flush=True)
+        resumed = self.ledger.start(trial.trial_id, trial.config)
+        print(f"  {_label(trial)} {'resumed' if resumed else 'started'} ({trial.trial_id})")
 
     def on_trial_result(self, iteration, trials, trial: Trial, result: dict, **info) -> None:
-        row = {k: v for k, v in result.items() if k not in _NOT_REPORTED}
-        record = self._record(trial)
-        if any(row.items() <= held.items() for held in record.history):
-            return  # replayed by a restarted trial (see trainables.driver): already recorded
-        if record.history and row.get("epoch", 0) <= record.history[-1].get("epoch", 0):
-            # The trial restarted from an earlier checkpoint (or from scratch): its new rows
-            # replace the ones it is repeating, so each epoch appears once.
-            record.history = [h for h in record.history if h["epoch"] < row["epoch"]]
-            self.experiment.rewrite_history(trial.trial_id, record.history)
-        record.history.append(row)
-        self.experiment.append_history(trial.trial_id, row)
-        self._update_wall(record)
-        self._flush(trials)
-        epochs = record.config["train"]["epochs"]
-        print(f"  {_label(record)} epoch {row.get('epoch')}/{epochs}: {_score(row)}", flush=True)
-
-    def _finish(self, trials: list[Trial], trial: Trial, status: str, error: str = "") -> None:
-        if trial.trial_id in self.finished_before:
-            return
-        record = self._record(trial)
-        record.status, record.error = status, error
-        self._update_wall(record)
-        self._flush(trials)
-        done = sum(r.status in ("TERMINATED", "ERROR") for r in self.records.values())
-        outcome = (
-            f"error: {error}" if error else _score(record.history[-1] if record.history else {})
-        )
-        print(
-            f"[{done}/{self.total}] {_label(record)} {status} in {record.wall_s:.0f}s — {outcome}"
-        )
-
-    def _update_wall(self, record: TrialRecord) -> None:
-        if record.trial_id in self.started:
-            since, before = self.started[record.trial_id]
-            record.wall_s = before + time.monotonic() - since
+        row = EpochRow.from_dict(result)  # Tune's own keys (iteration, time, ...) dropped
+        if self.ledger.add_row(trial.trial_id, trial.config, row):
+            epochs = trial.config["train"]["epochs"]
+            print(f"  {_label(trial)} epoch {row.epoch}/{epochs}: {_scores(row)}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial: Trial, **info) -> None:
-        self._finish(trials, trial, "TERMINATED")
+        if trial.trial_id in self.ledger.finished_before:
+            return
+        self.ledger.finish(trial.trial_id, trial.config, FINISHED)
+        history = self.ledger.records[trial.trial_id].history
+        self._print_end(trial, FINISHED, _scores(history[-1]) if history else "no epochs")
 
     def on_trial_error(self, iteration, trials, trial: Trial, **info) -> None:
-        # Tune has just written the traceback locally (its storage copy is synced later).
-        error_file = Path(trial.error_file) if trial.error_file else None
-        text = error_file.read_text() if error_file and error_file.is_file() else "unknown error"
-        self.experiment.write_error(trial.trial_id, text)
-        self._finish(trials, trial, "ERROR", summarize_error(text))
+        reason = self.ledger.fail(trial.trial_id, trial.config, _error_text(trial))
+        self._print_end(trial, FAILED, f"error: {reason}")
 
     def on_trial_recover(self, iteration, trials, trial: Trial, **info) -> None:
-        # Tune runs the trial again (spec: trial_retries); it resumes from its checkpoint.
-        record = self._record(trial)
-        record.retries += 1
-        self._update_wall(record)
-        self._flush(trials)
-        error_file = Path(trial.error_file) if trial.error_file else None
-        text = error_file.read_text() if error_file and error_file.is_file() else "unknown error"
-        print(f"  {_label(record)} failed, retry {record.retries}: {summarize_error(text)}")
+        record = self.ledger.retry(trial.trial_id, trial.config)
+        reason = summarize_error(_error_text(trial))
+        print(f"  {_label(trial)} failed, retry {record.retries}: {reason}")
 
     def on_experiment_end(self, trials: list[Trial], **info) -> None:
         # Only a completion or an error event finishes a row: a trial still running when the
         # sweep stopped (Ctrl-C) is INTERRUPTED, whatever Tune calls it; `resume` continues it.
-        for trial in trials:
-            record = self._record(trial)
-            if record.status == "RUNNING":
-                record.status = "INTERRUPTED"
-                self._update_wall(record)
-        self._flush(trials)
+        self.ledger.end()
+
+    def _print_end(self, trial: Trial, status: str, outcome: str) -> None:
+        wall = self.ledger.records[trial.trial_id].wall_s or 0.0
+        done = self.ledger.done()
+        print(f"[{done}/{self.total}] {_label(trial)} {status} in {wall:.0f}s — {outcome}")
 
 
-def _label(record: TrialRecord) -> str:
-    return TrialConfig.model_validate(record.config).label()
+def _error_text(trial: Trial) -> str:
+    # Tune has just written the traceback locally (its storage copy is synced later).
+    error_file = Path(trial.error_file) if trial.error_file else None
+    return error_file.read_text() if error_file and error_file.is_file() else "unknown error"
 
 
-def _score(row: dict) -> str:
-    scores = {k: v for k, v in row.items() if k.startswith("eval_") and k != "eval_time_s"}
-    return ", ".join(f"{k}={v:.4f}" for k, v in scores.items()) or "no epochs reported"
+def _label(trial: Trial) -> str:
+    return TrialConfig.model_validate(trial.config).label()
+
+
+def _scores(row: EpochRow) -> str:
+    scores = {"eval_loss": row.eval_loss}
+    scores |= {score_column(m): row.score(m) for m in METRIC_NAMES if row.score(m) is not None}
+    return ", ".join(f"{k}={v:.4f}" for k, v in scores.items())
 
 
 def _tune_trial(
@@ -195,14 +144,26 @@ def _tune_trial(
     tracking: TrialTracking | None,
     finished: frozenset[str] = frozenset(),
 ) -> None:
-    """The Tune function: metrics reach Tune per epoch; returning None adds no extra result.
+    """The Tune function: runs the trial with Ray Train, whose reports reach Tune per epoch
+    (TuneReportCallback); returning None adds no extra result.
 
-    ``finished``: trials a resumed sweep must not run again. Tune saves its own state every
-    few seconds, so after a killed driver it may not know that they had finished.
+    The run is named after the trial id, so a trial run again (a Tune retry, a resumed sweep)
+    finds its own checkpoints, and its W&B run. ``finished``: trials a resumed sweep must not
+    run again; Tune saves its own state every few seconds, so after a killed driver it may not
+    know that they had finished.
     """
-    if tune.get_context().get_trial_id() in finished:
+    started_at = time.time()
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    if trial_id in finished:
         return
-    run_trial(config, storage_path=storage_path, tracking=tracking)
+    run_trial(
+        config,
+        storage_path=storage_path,
+        name=f"{context.get_experiment_name()}-{trial_id}",
+        callbacks=[TuneReportCallback()],
+        tracking=tracking.for_trial(trial_id, started_at) if tracking else None,
+    )
 
 
 class GangAdmission(BasicVariantGenerator):
@@ -305,9 +266,9 @@ def run_sweep(
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=storage,
-                callbacks=[ExperimentWriter(experiment, len(spec.trials))],
+                callbacks=[_TuneEvents(experiment, len(spec.trials))],
                 failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
-                verbose=0,  # ExperimentWriter prints one line per epoch and per trial
+                verbose=0,  # _TuneEvents prints one line per epoch and per trial
             ),
         )
         tuner.fit()
@@ -330,9 +291,7 @@ def resume_sweep(experiment_dir: Path, *, address: str | None = None) -> Path:
     _init_ray(address)
     try:
         print(f"resuming sweep {spec.name} in {experiment.path}", file=sys.stderr)
-        finished = frozenset(
-            r.trial_id for r in experiment.load_records() if r.status == "TERMINATED"
-        )
+        finished = frozenset(r.trial_id for r in experiment.load_records() if r.status == FINISHED)
         tuner = tune.Tuner.restore(
             f"{storage}/tune",
             trainable=_trainable(storage, tracking, finished),
@@ -350,10 +309,7 @@ def _check_data(spec: SweepSpec) -> None:
     outside the label set or an unreachable dataset is a one-line error, not N failed trials."""
     from trainables.data import load_task_data
 
-    sources = {
-        t.data.model_dump_json(exclude={"train_fraction", "max_length"}): t.data
-        for t in spec.trials
-    }
+    sources = {t.data.source_key(): t.data for t in spec.trials}
     for data in sources.values():
         try:
             load_task_data(data)

@@ -1,31 +1,48 @@
-"""Test-wide settings: the hub is unreachable here, so fail fast instead of retrying."""
+"""Test-wide settings, and the CLI run as a user runs it: in a process of its own."""
+
+from __future__ import annotations
 
 import os
+import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+# The hub is unreachable here: fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-_EXIT_STATUS = pytest.StashKey[int]()
+Scalesweep = Callable[..., subprocess.CompletedProcess]
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+@pytest.fixture(scope="session")
+def scalesweep() -> Scalesweep:
+    """``scalesweep(*args, timeout=..., env=...)``: the CLI in a subprocess, output captured;
+    ``env`` adds variables to this process' environment (None: removes one).
 
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Exit with pytest's status once it has reported everything, skipping interpreter teardown.
-
-    In-process sweeps leave native threads behind (Ray's core worker after ``ray.shutdown``,
-    W&B's and tokenizers' pools), and CI once saw the interpreter crash while tearing them down:
-    a SIGSEGV after the summary line, turning a decided run into exit code 139.
+    Sweeps run there, as users run them: a sweep's Ray, W&B and tokenizer threads live and die
+    with its own process, never in pytest's.
     """
-    if _EXIT_STATUS in config.stash:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(config.stash[_EXIT_STATUS])
+
+    def run(
+        *args: str | Path, timeout: float = 900, env: dict[str, str | None] | None = None
+    ) -> subprocess.CompletedProcess:
+        environment = dict(os.environ)
+        for key, value in (env or {}).items():
+            if value is None:
+                environment.pop(key, None)
+            else:
+                environment[key] = value
+        return subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=environment,
+        )
+
+    return run

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock
 
-from orchestrator.config import GLUE_FILES, DataConfig
+from contract.config import GLUE_FILES, DataConfig
 
 __all__ = [
     "TaskData",
@@ -73,13 +73,38 @@ def load_task_data(cfg: DataConfig) -> TaskData:
 
 
 def nested_subset(dataset: datasets.Dataset, cfg: DataConfig, seed: int) -> datasets.Dataset:
-    """The first ``cfg.subset_size`` rows of a seeded permutation.
+    """The first ``cfg.subset_size`` rows of a seeded order that keeps the class mix.
 
-    Every fraction takes a prefix of the same permutation, so for one seed the 10% subset lies
-    inside the 25% one: data-scaling curves then differ only in how much data was added.
+    Every fraction takes a prefix of the same order, so for one seed the 10% subset lies inside
+    the 25% one: data-scaling curves then differ only in how much data was added. For class
+    labels the order is stratified (see ``_stratified_order``): every prefix holds each class
+    in its share of the split, to within an example or two, so a small subset neither drops a
+    rare class nor swings the positive rate from seed to seed. Scores (regression) have no
+    classes and take a plain seeded permutation.
     """
-    order = np.random.default_rng(seed).permutation(len(dataset))
+    rng = np.random.default_rng(seed)
+    column = next((c for c in ("labels", "label") if c in dataset.column_names), None)
+    labels = np.asarray(dataset[column]) if column else np.empty(0)
+    if column and np.issubdtype(labels.dtype, np.integer):
+        order = _stratified_order(labels, rng)
+    else:
+        order = rng.permutation(len(dataset))
     return dataset.select(order[: cfg.subset_size(len(dataset))])
+
+
+def _stratified_order(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each class shuffled, then its k-th example placed at rank (k + phase) / class size.
+
+    The ranks of a class are evenly spaced over [0, 1), so any prefix (all ranks below some t)
+    holds within one example of t × its size of every class. The phase is drawn per class so
+    that which class leads varies with the seed, and no two ranks tie.
+    """
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    rank = np.empty(labels.size)
+    for c in range(len(classes)):
+        members = rng.permutation(np.flatnonzero(inverse == c))
+        rank[members] = (np.arange(counts[c]) + rng.random()) / counts[c]
+    return np.argsort(rank, kind="stable")
 
 
 def _fingerprint(*parts: object) -> str:
@@ -152,16 +177,6 @@ _GLUE: dict[str, _GlueColumns] = {
         ("sentence1", "sentence2"),
     ),
 }  # fmt: skip
-
-
-def _glue_metrics(task: str) -> tuple[str, ...]:
-    if task in ("mrpc", "qqp"):
-        return _CLASSIFICATION_METRICS
-    if task == "cola":
-        return ("matthews_correlation", "accuracy")
-    if task == "stsb":
-        return _REGRESSION_METRICS
-    return ("accuracy",)
 
 
 def _read_tsv(path: Path, names: tuple[str, ...] | None = None) -> pd.DataFrame:
@@ -252,7 +267,7 @@ def _load_glue(cfg: DataConfig) -> TaskData:
         validation=validation,
         num_labels=files.num_labels,
         problem_type="regression" if columns.file_labels is None else "classification",
-        metric_names=_glue_metrics(cfg.task),
+        metric_names=GLUE_FILES[cfg.task].metrics,
         label_names=columns.label_names,
         fingerprint=fingerprint,
     )

@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from orchestrator.config import ModelConfig
+from contract.config import ModelConfig
 from trainables.data import TaskData
 
 log = logging.getLogger(__name__)

@@ -7,51 +7,49 @@ is aggregated over all workers first. A W&B failure is a warning, never a failed
 experiment directory holds the results whatever happens here.
 
     with TrialTracker(tracking, trial) as tracker:
-        fit(trial, report=tracker.report(report), on_step=tracker.on_step)
+        fit(trial, callbacks=[tracker])
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import fields
 from types import TracebackType
 from typing import Any
 
-from orchestrator.config import TrialConfig
-from orchestrator.wandb_config import MAX_TAG, TrialTracking, open_run, warn
-from trainables.loop import Report, _all_reduce, _world
+from contract.config import TrialConfig
+from contract.rows import EpochRow
+from contract.tracking import MAX_TAG, TrialTracking, open_run, warn
+from trainables.distributed import all_reduce, rank_and_world
+from trainables.loop import EpochMeter, LoopCallbacks, Progress
 
 __all__ = ["TrialTracker"]
 
-# Per-epoch figures that are W&B history; the rest of an epoch row is config or summary.
-_EPOCH_KEYS = {
-    "train_loss": "epoch/train_loss",
-    "examples_per_s": "epoch/examples_per_s",
-    "tokens_per_s": "epoch/tokens_per_s",
-    "epoch_time_s": "epoch/time_s",
-    "lr": "epoch/lr",
-}
+# Each epoch row's fields that are W&B history, under their keys (contract.rows); the rest of
+# the row is config or summary.
+_HISTORY_KEYS = {f.name: f.metadata["wandb"] for f in fields(EpochRow) if f.metadata["wandb"]}
 _DERIVED_KEYS = ("params_total", "params_non_embedding", "train_examples")
 _AXES = ("optimizer_step", "examples_seen", "train_time_s")
 
 
-class TrialTracker:
-    """Logs one trial to W&B from rank 0; on other ranks (and with ``tracking=None``) it only
-    takes part in the all-reduces that every rank must join."""
+class TrialTracker(LoopCallbacks):
+    """Logs one trial to W&B from rank 0, as loop callbacks; on other ranks (and with
+    ``tracking=None``) it only takes part in the all-reduces that every rank must join."""
 
     def __init__(self, tracking: TrialTracking | dict[str, Any] | None, trial: TrialConfig) -> None:
         self.tracking = None if tracking is None else TrialTracking.model_validate(tracking)
         self.trial = trial
         self.run = None
         self.live = False  # logging goes on: the run opened and no call to it has failed
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[EpochRow] = []
         self.step = 0  # optimizer steps so far, as the loop counts them (restarts included)
         self._epoch = 0
         self._window = (0.0, 0.0, 0.0, 0.0)  # loss sum, examples, tokens, seconds at last log
         self._opened = time.time()
 
     def __enter__(self) -> TrialTracker:
-        if self.tracking is not None and _world()[0] == 0:
+        if self.tracking is not None and rank_and_world()[0] == 0:
             self.run = self._init()
             self.live = self.run is not None
         return self
@@ -72,27 +70,18 @@ class TrialTracker:
             # may end this worker without running atexit hooks: wait for it here.
             _call(wandb.teardown)
 
-    def report(self, report: Report | None) -> Report:
-        """Wrap the loop's ``report``: each epoch row goes to W&B too, then on as before."""
-
-        def log_and_report(row: dict[str, Any], state: dict[str, Any] | None = None) -> None:
-            self.on_epoch(row)
-            if report:
-                report(row, state)
-
-        return log_and_report
-
-    def on_step(self, counters: dict[str, float]) -> None:
-        """After every optimizer step, on every rank, with the loop's running counters; every
-        ``log_every_steps`` steps, logs the window since the last log, summed over workers."""
-        self.step = int(counters["step"])
+    def on_step(self, progress: Progress, meter: EpochMeter, lr: float) -> None:
+        """After every optimizer step, on every rank; every ``log_every_steps`` steps, logs the
+        window since the last log, summed over workers (the only time it reads the meter)."""
+        self.step = progress.step
         if self.tracking is None or self.step % self.tracking.log_every_steps:
             return
-        if counters["epoch"] != self._epoch:
-            self._epoch, self._window = counters["epoch"], (0.0, 0.0, 0.0, 0.0)
+        epoch = progress.epoch + 1  # the epoch under way
+        if epoch != self._epoch:
+            self._epoch, self._window = epoch, (0.0, 0.0, 0.0, 0.0)
         # Every rank joins the reduce, whether or not rank 0's W&B run is alive.
-        totals = _all_reduce([counters["loss_sum"], counters["examples"], counters["tokens"]])
-        totals += _all_reduce([counters["seconds"]], op="max")
+        totals = all_reduce(list(meter.totals()))
+        totals += all_reduce([meter.seconds()], op="max")
         loss, examples, tokens, seconds = (a - b for a, b in zip(totals, self._window, strict=True))
         self._window = tuple(totals)
         if not self.live or examples <= 0 or seconds <= 0:
@@ -100,35 +89,27 @@ class TrialTracker:
         self._log(
             {
                 "train/loss": loss / examples,
-                "train/lr": counters["lr"],
+                "train/lr": lr,
                 "train/examples_per_s": examples / seconds,
                 "train/tokens_per_s": tokens / seconds,
-                "epoch": counters["epoch"],
+                "epoch": epoch,
                 "optimizer_step": self.step,
-                "examples_seen": int(counters["examples_seen"] + totals[1]),
-                "train_time_s": counters["train_time_s"] + totals[3],
+                "examples_seen": int(progress.examples_seen + totals[1]),
+                "train_time_s": progress.train_time_s + totals[3],
             }
         )
 
-    def on_epoch(self, row: dict[str, Any]) -> None:
+    def on_epoch(self, row: EpochRow, recipe: object = None) -> None:
         """Log one epoch row (already aggregated over workers by the loop)."""
         self.rows.append(row)
         if not self.live:
             return
+        record = row.to_dict()
         if len(self.rows) == 1:  # parameter counts and the subset size are known from here on
-            derived = self._derived() | {k: row[k] for k in _DERIVED_KEYS if k in row}
+            derived = self._derived() | {k: record[k] for k in _DERIVED_KEYS}
             _call(self.run.config.update, {"derived": derived}, allow_val_change=True)
-        history = {
-            "epoch": row["epoch"],
-            "optimizer_step": self.step,
-            "examples_seen": row["examples_seen"],
-            "train_time_s": row["train_time_s"],
-        }
-        history |= {
-            f"eval/{k.removeprefix('eval_')}": v for k, v in row.items() if k.startswith("eval_")
-        }
-        history |= {name: row[k] for k, name in _EPOCH_KEYS.items() if k in row}
-        self._log(history)
+        history = {key: record[name] for name, key in _HISTORY_KEYS.items() if name in record}
+        self._log(history | {"optimizer_step": self.step})
 
     def _init(self) -> Any:
         tracking = self.tracking
@@ -207,11 +188,11 @@ class TrialTracker:
         if self.rows:
             last, metric = self.rows[-1], self.trial.primary_metric()
             # A resumed run brings its summary back: the best of the epochs before a restart.
-            scores = [r[f"eval_{metric}"] for r in self.rows]
+            scores = [r.score(metric) for r in self.rows]
             earlier = run.summary.get(f"best_{metric}")
             summary[f"best_{metric}"] = max([*scores, *([earlier] if earlier is not None else [])])
-            summary |= {"epochs_completed": last["epoch"], "train_time_s": last["train_time_s"]}
-            summary |= {k: last[k] for k in (*_DERIVED_KEYS, "restarts") if k in last}
+            summary |= {"epochs_completed": last.epoch, "train_time_s": last.train_time_s}
+            summary |= {k: getattr(last, k) for k in (*_DERIVED_KEYS, "restarts")}
         if error:
             summary["error"] = f"{type(error).__name__}: {error}"[:500]
         run.summary.update(summary)

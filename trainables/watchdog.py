@@ -5,24 +5,31 @@ that is stuck: in a collective op whose peer is frozen, in I/O that never return
 deadlock. ``ProgressWatchdog`` watches the training loop's heartbeats (each optimizer step,
 evaluation batch and finished epoch) from a thread and, after ``timeout_s`` without one, raises
 ``NoProgressError`` in the training thread. A thread blocked inside C code (a collective op)
-only sees it when that call returns, which is why the process group's own timeout is set to
-the same value (``trainables.driver``).
+only sees it when that call returns, which is why the process group's own timeout is set a
+little longer (``trainables.driver``): on GPU a thread may wait in a CUDA sync that never
+returns, and NCCL then ends the whole process at its timeout. The watchdog therefore logs its
+reason the moment it fires, so the worker's log says why even when no exception gets out.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 import time
-from typing import Any
+
+from trainables.loop import EpochMeter, LoopCallbacks, Progress
+
+log = logging.getLogger(__name__)
 
 
 class NoProgressError(RuntimeError):
     """A trial's worker made no progress for longer than ``train.progress_timeout_s``."""
 
 
-class ProgressWatchdog:
-    """``with ProgressWatchdog(timeout_s) as dog:`` ... ``dog.beat(...)`` on progress."""
+class ProgressWatchdog(LoopCallbacks):
+    """``with ProgressWatchdog(timeout_s) as dog:`` ... ``dog.beat()`` on progress; as loop
+    callbacks, every optimizer step, evaluation batch and epoch is a beat."""
 
     def __init__(self, timeout_s: float | None) -> None:
         self.timeout_s = timeout_s
@@ -43,11 +50,20 @@ class ProgressWatchdog:
         with self._lock:
             self._stop.set()
 
-    def beat(self, counters: dict[str, Any] | None = None) -> None:
-        """Progress was made; ``counters`` (epoch, step) say where, for the error message."""
+    def beat(self, where: str | None = None) -> None:
+        """Progress was made; ``where`` (e.g. "after step 37 of epoch 2") goes in the error."""
         self.last_beat = time.monotonic()
-        if counters:
-            self.where = f"after step {counters.get('step')} of epoch {counters.get('epoch')}"
+        if where:
+            self.where = where
+
+    def on_step(self, progress: Progress, meter: EpochMeter, lr: float) -> None:
+        self.beat(f"after step {progress.step} of epoch {progress.epoch + 1}")
+
+    def on_eval_batch(self) -> None:
+        self.beat()
+
+    def on_epoch(self, row, recipe) -> None:
+        self.beat()
 
     def stalled(self) -> bool:
         """Whether the watched block has gone ``timeout_s`` without progress."""
@@ -67,6 +83,7 @@ class ProgressWatchdog:
                 if self._stop.is_set() or time.monotonic() - self.last_beat <= self.timeout_s:
                     continue
                 self.fired = True
+                log.error("%s", self.error())
                 # Raised in the training thread at its next Python instruction.
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(
                     ctypes.c_ulong(self._target), ctypes.py_object(NoProgressError)

@@ -10,15 +10,26 @@ torch or transformers), so it runs on a laptop after the sweep ran on a cluster:
 
 from orchestrator.analysis._analyze import AnalysisResult, analyze
 from orchestrator.analysis._errors import AnalysisError
-from orchestrator.analysis._fits import Fit, FitKind, fit_amdahl, fit_joint_power_law, fit_power_law
+from orchestrator.analysis._fits import (
+    Fit,
+    FitKind,
+    fit_amdahl,
+    fit_joint_power_law,
+    fit_power_law,
+    leave_largest_out,
+)
+from orchestrator.analysis._series import Series, scaling_series
 
 __all__ = [
     "AnalysisError",
     "AnalysisResult",
     "Fit",
     "FitKind",
+    "Series",
     "analyze",
     "fit_amdahl",
     "fit_joint_power_law",
     "fit_power_law",
+    "leave_largest_out",
+    "scaling_series",
 ]

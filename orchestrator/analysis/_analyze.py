@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.analysis import _compute, _curves, _plots, _recommend, _report
+from orchestrator.analysis import _compute, _curves, _optimal, _plots, _recommend, _report
 from orchestrator.analysis._errors import AnalysisError
 from orchestrator.analysis._table import (
     DATA,
     MODEL,
     WORKERS,
+    Metric,
     Table,
     build_table,
     load_experiment,
@@ -59,23 +61,23 @@ def analyze(
     time_budget_s: float | None = None,
     money_budget: float | None = None,
     model: str | None = None,
+    flops_budget: float | None = None,
 ) -> AnalysisResult:
     """Analyse a finished (or partly finished) sweep and write ``<experiment_dir>/analysis/``.
 
     ``metric`` defaults to the experiment's primary metric ("loss" analyses eval loss);
     ``target`` is in that metric's units; ``epsilon`` is the tolerance of "as good as";
     budgets are per training run of the chosen configuration; ``model`` fixes the model that
-    the data and workers questions are asked about. Raises ``AnalysisError`` for anything a
-    user can fix (a wrong path, no finished trial, an unknown metric or model).
+    the data and workers questions are asked about (its display name or its ``model.name``);
+    ``flops_budget`` asks the joint law for the compute-optimal model size and data. Raises
+    ``AnalysisError`` for anything a user can fix (a wrong path, no finished trial, an unknown
+    metric or model, an option out of range).
     """
-    _check_options(epsilon, price_per_gpu_hour, time_budget_s, money_budget)
+    _check_options(epsilon, price_per_gpu_hour, time_budget_s, money_budget, flops_budget)
     experiment = load_experiment(Path(experiment_dir))
     table = build_table(experiment, resolve_metric(experiment, metric))
-    models = sorted(table.ok[MODEL].unique())
-    if model is not None and model not in models:
-        raise AnalysisError(
-            f"model {model!r} has no finished trial in this sweep; models: {', '.join(models)}"
-        )
+    _check_target(table.metric, target)
+    model = _resolve_model(table, model)
 
     out = experiment.directory / "analysis"
     out.mkdir(exist_ok=True)
@@ -107,6 +109,8 @@ def analyze(
     if learning := _plots.plot_learning_curves(table, out):
         plots.append(learning)
 
+    quality_curves = [*model_curves, *data_curves]
+    not_learned = table.cells[~table.cells["learned"]]
     summary = {
         "experiment": {
             "name": experiment.name,
@@ -126,11 +130,25 @@ def analyze(
             "time_budget_s": time_budget_s,
             "money_budget": money_budget,
             "model": model,
+            "flops_budget": flops_budget,
         },
+        "models": table.model_names,
         "trials": _trial_counts(table),
         "reference_workers": table.reference_workers,
-        "full_fraction": float(table.ok[DATA].max()),
+        "quality_workers": list(table.substituted),
+        "full_fraction": float(table.trials[DATA].max()),
         "missing_cells": list(table.missing),
+        "absent_cells": list(table.absent),
+        "chance": {"source": table.chance, "seed_sd": table.seed_sd},
+        "did_not_learn": not_learned[
+            [MODEL, DATA, WORKERS, *table.extra_axes, "n", "metric_mean", "metric_std", "chance"]
+        ].to_dict(orient="records"),
+        "outliers": _merge_outliers(
+            [r for c in quality_curves for r in c.outliers] + [r for j in joint for r in j.outliers]
+        ),
+        "timing_outliers": _merge_outliers(
+            [r for curves in amdahl.values() for c in curves for r in c.outliers]
+        ),
         "notes": list(experiment.notes),
         "recommendation": dict(
             zip(("model", "data", "workers"), (a.to_dict() for a in answers), strict=True)
@@ -142,6 +160,9 @@ def analyze(
             "amdahl": {"refusal": amdahl_refusal}
             | {time: [c.to_dict() for c in curves] for time, curves in amdahl.items()},
         },
+        "compute_optimal": None
+        if flops_budget is None
+        else _optimal.compute_optimal(table, joint, flops_budget),
         "compute": {
             "cells": speedups[[*_SPEEDUP_COLUMNS, *table.extra_axes]].to_dict(orient="records"),
             "strong_scaling": strong,
@@ -169,18 +190,58 @@ def _check_options(
     price: float | None,
     time_budget_s: float | None,
     money_budget: float | None,
+    flops_budget: float | None,
 ) -> None:
-    if epsilon < 0:
+    if not (math.isfinite(epsilon) and epsilon >= 0):
         raise AnalysisError(f"epsilon must be ≥ 0, got {epsilon}")
     for name, value in (
         ("price per GPU-hour", price),
         ("time budget", time_budget_s),
         ("money budget", money_budget),
+        ("FLOPs budget", flops_budget),
     ):
-        if value is not None and value <= 0:
-            raise AnalysisError(f"{name} must be positive, got {value}")
+        # NaN passes every comparison, so it is refused by name.
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise AnalysisError(f"{name} must be a positive number, got {value}")
     if money_budget is not None and price is None:
         raise AnalysisError("a money budget needs a price per GPU-hour to turn hours into money")
+
+
+def _check_target(metric: Metric, target: float | None) -> None:
+    low, high = metric.valid_range
+    if target is not None and not (math.isfinite(target) and low <= target <= high):
+        raise AnalysisError(
+            f"target {target} is outside the range of {metric.name} ({low:g} to {high:g})"
+            + ("; give it as a fraction, e.g. 0.8 for 80 %" if 1 < target <= 100 else "")
+        )
+
+
+def _resolve_model(table: Table, model: str | None) -> str | None:
+    """The display name of ``model``, given as a display name or as the sweep's model.name."""
+    if model is None:
+        return None
+    finished = [str(m) for m in table.ok[MODEL].unique()]
+    if model in finished:
+        return model
+    named = [d for d in finished if table.model_names[d] == model]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise AnalysisError(f"model {model!r} is {len(named)} models here: {', '.join(named)}")
+    raise AnalysisError(
+        f"model {model!r} has no finished trial in this sweep; models: {', '.join(finished)}"
+    )
+
+
+def _merge_outliers(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per flagged trial, with every fit that flagged it and its largest residual."""
+    merged: dict[str, dict[str, Any]] = {}
+    for record in records:
+        entry = merged.setdefault(record["trial_id"], record | {"flagged_by": []})
+        entry["flagged_by"].append(record["flagged_by"])
+        if abs(record["residual_in_noise_units"]) > abs(entry["residual_in_noise_units"]):
+            entry["residual_in_noise_units"] = record["residual_in_noise_units"]
+    return list(merged.values())
 
 
 def _trial_counts(table: Table) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import stdtr
 
-from orchestrator.analysis._curves import Curve, groups
+from orchestrator.analysis._curves import Curve, groups, key_label, outlier_records
 from orchestrator.analysis._errors import AnalysisError
 from orchestrator.analysis._fits import fit_amdahl
 from orchestrator.analysis._table import DATA, MODEL, SEED, WORKERS, Table
@@ -19,7 +19,9 @@ __all__ = ["TIMES", "amdahl_curves", "cost", "speedups", "strong_scaling"]
 # The two clocks a trial reports: the training loop alone, and the whole trial with start-up
 # (worker placement, model download, tokenisation), which is what a user waits for and pays.
 TIMES = ("train_time_s", "trial_wall_s")
-_STRONG_SCALING_P = 0.01  # two-sided pooled t-test level for "differs beyond seed noise"
+# Family-wise level of the strong-scaling check: the chance that a sweep whose worker counts
+# change nothing flags any cell at all, whatever the number of comparisons (Holm's method).
+_STRONG_SCALING_FAMILY_P = 0.05
 
 
 def speedups(table: Table) -> pd.DataFrame:
@@ -43,8 +45,9 @@ def amdahl_curves(table: Table) -> tuple[dict[str, list[Curve]], str | None]:
     """Speed-up against workers with an Amdahl fit, per model (× extra axes), for each clock.
 
     Each model is read at its largest data fraction: a fixed start-up cost is a larger serial
-    fraction of a shorter run, so pooling fractions would mix different laws. Speed-ups pair
-    trials of the same seed, so each point is one measured ratio.
+    fraction of a shorter run, so pooling fractions would mix different laws. The law is fitted
+    on the times, one one-worker time per seed (see ``fit_amdahl``); the points drawn are the
+    speed-ups of each seed over its own trial at the fewest workers.
     """
     ok = table.ok
     if ok[WORKERS].nunique() < 2:
@@ -61,11 +64,21 @@ def amdahl_curves(table: Table) -> tuple[dict[str, list[Curve]], str | None]:
             points = measured.groupby("x")["s"].agg(mean="mean", std="std", n="size").reset_index()
             fit, refusal = None, None
             try:
-                fit = fit_amdahl(measured["x"], measured["s"], reference_workers=w0)
+                fit = fit_amdahl(
+                    series[WORKERS], series[time], seeds=series[SEED], reference_workers=w0
+                )
             except AnalysisError as error:
                 refusal = f"Amdahl fit: {error}"
+            curve_key = key | {DATA: fraction}
+            flagged_by = f"Amdahl law ({time}; {key_label(curve_key)})"
             curves[time].append(
-                Curve(key=key | {DATA: fraction}, points=points, fit=fit, refusal=refusal)
+                Curve(
+                    key=curve_key,
+                    points=points,
+                    fit=fit,
+                    refusal=refusal,
+                    outliers=outlier_records(series, fit, flagged_by),
+                )
             )
     return curves, None
 
@@ -75,12 +88,14 @@ def strong_scaling(table: Table) -> dict[str, Any]:
 
     At a fixed global batch, more workers should change only the time. Per model and data
     fraction, each worker count is compared with the fewest by a two-sided t-test whose
-    variance is pooled over all the worker counts of that series.
+    variance is pooled over all the worker counts of that series. A sweep makes many such
+    comparisons, so the p-values are corrected by Holm's method: a sweep in which workers
+    change nothing flags any cell with probability at most 5 %, however many cells it has.
     """
     ok = table.ok
     if ok[WORKERS].nunique() < 2:
         return {"status": "not applicable", "message": "one worker count was swept", "flags": []}
-    flags, checked, weak, single_seed = [], 0, 0, 0
+    comparisons, checked, weak, single_seed = [], 0, 0, 0
     for key, series in groups(ok, [MODEL, DATA, *table.extra_axes]):
         if series[WORKERS].nunique() < 2:
             continue
@@ -100,25 +115,50 @@ def strong_scaling(table: Table) -> dict[str, Any]:
             se = np.sqrt(pooled * (1 / row["size"] + 1 / by_w.loc[w0, "size"]))
             # Two-sided Student-t p-value; scipy.special spares the CLI importing scipy.stats.
             p = float(2 * stdtr(dof, -abs(diff) / se)) if se > 0 else float(diff == 0)
-            if p < _STRONG_SCALING_P:
-                flags.append(
-                    key
-                    | {
-                        WORKERS: int(w),
-                        "reference_workers": int(w0),
-                        "metric_mean": float(row["mean"]),
-                        "reference_metric_mean": float(by_w.loc[w0, "mean"]),
-                        "difference": float(diff),
-                        "p_value": p,
-                    }
-                )
-    parts = [f"{checked} series checked at fixed global batch"]
+            comparisons.append(
+                key
+                | {
+                    WORKERS: int(w),
+                    "reference_workers": int(w0),
+                    "metric_mean": float(row["mean"]),
+                    "reference_metric_mean": float(by_w.loc[w0, "mean"]),
+                    "difference": float(diff),
+                    "p_value": p,
+                }
+            )
+    adjusted = _holm([c["p_value"] for c in comparisons])
+    flags = [
+        c | {"p_holm": p}
+        for c, p in zip(comparisons, adjusted, strict=True)
+        if p < _STRONG_SCALING_FAMILY_P
+    ]
+    parts = [
+        f"{checked} series checked at fixed global batch, {len(comparisons)} comparisons, "
+        f"Holm-corrected to a {_STRONG_SCALING_FAMILY_P:.0%} family-wise error rate"
+    ]
     if weak:
         parts.append(f"{weak} skipped: global batch changes with workers (weak scaling)")
     if single_seed:
         parts.append(f"{single_seed} skipped: one seed per cell, no noise estimate")
     status = "flagged" if flags else ("ok" if checked else "not checked")
-    return {"status": status, "message": "; ".join(parts), "flags": flags}
+    return {
+        "status": status,
+        "message": "; ".join(parts),
+        "comparisons": len(comparisons),
+        "flags": flags,
+    }
+
+
+def _holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given."""
+    order = np.argsort(p_values)
+    m = len(p_values)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
 
 
 def cost(table: Table, price_per_gpu_hour: float | None) -> dict[str, Any]:
@@ -126,7 +166,7 @@ def cost(table: Table, price_per_gpu_hour: float | None) -> dict[str, Any]:
     trials = table.trials
     total = float(trials["hours"].sum())
     failed = float(trials.loc[~trials["ok"], "hours"].sum())
-    quality = table.cells[table.cells[WORKERS] == table.reference_workers].sort_values("flops")
+    quality = table.quality[table.quality["learned"]].sort_values("flops")
     # The frontier keeps each cell that beats every cheaper one: nothing else is worth its FLOPs.
     frontier = quality[
         quality["error_mean"] < quality["error_mean"].cummin().shift(fill_value=np.inf)

@@ -33,6 +33,10 @@ __all__ = [
 ]
 
 _DPI = 110
+_LEGEND_INSIDE = 4  # more entries than this go below the axes, where they cover no point
+# Cells that did not learn: drawn apart, hollow and grey, never joined to a fitted curve.
+_NOT_LEARNED = {"marker": "o", "facecolors": "none", "edgecolors": "0.55", "zorder": 3}
+_OUTLIER = {"marker": "x", "color": "red", "s": 50, "linewidths": 1.5, "zorder": 4}
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,32 @@ def _worker_axis(ax: Axes, workers: Sequence[int], *, y_too: bool = False) -> No
     ax.set_xlabel("workers")
 
 
+def _legend(ax: Axes) -> None:
+    """Inside the axes when short; below them, in two columns, when it would hide points."""
+    entries = len(ax.get_legend_handles_labels()[1])
+    if entries <= _LEGEND_INSIDE:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2)
+
+
+def _workers_text(table: Table) -> str:
+    """ "1 worker", or "1 worker; 2 cells at more" when some cells had none at the fewest."""
+    text = _format.workers(table.reference_workers)
+    if table.substituted:
+        text += f"; {len(table.substituted)} cell(s) at more"
+    return text
+
+
+def _outliers(ax: Axes, table: Table, curves: Sequence[Curve], x: str) -> None:
+    """A red cross on each trial the robust fits flagged, at its own error."""
+    ids = [o["trial_id"] for curve in curves for o in curve.outliers]
+    if not ids:
+        return
+    flagged = table.trials.set_index("trial_id").loc[ids]
+    ax.scatter(flagged[x], flagged["error_value"], label="outlier (down-weighted)", **_OUTLIER)
+
+
 def _curves_panel(ax: Axes, curves: list[Curve], x_label: str, y_label: str) -> None:
     """Seed means with std error bars, and each curve's fitted law across its x range."""
     for curve, color in zip(curves, _colors(len(curves)), strict=True):
@@ -106,11 +136,14 @@ def _curves_panel(ax: Axes, curves: list[Curve], x_label: str, y_label: str) -> 
         if curve.fit is not None:
             x = np.geomspace(points["x"].min() / 1.3, points["x"].max() * 1.3, 200)
             ax.plot(x, curve.fit.predict(x), "-", color=color, alpha=0.8)
+    excluded = [c.excluded for c in curves if not c.excluded.empty]
+    if excluded:
+        apart = pd.concat(excluded)
+        ax.scatter(apart["x"], apart["mean"], label="did not learn (not fitted)", **_NOT_LEARNED)
     ax.set_xscale("log")
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
 
 
 def _colors(n: int) -> list[tuple[float, ...]]:
@@ -118,20 +151,27 @@ def _colors(n: int) -> list[tuple[float, ...]]:
     return [cmap(i / max(n - 1, 1)) if n > 10 else cmap(i) for i in range(n)]
 
 
+def _all_means(curves: list[Curve]) -> pd.Series:
+    return pd.concat([c.points["mean"] for c in curves] + [c.excluded.get("mean") for c in curves])
+
+
 def plot_model_axis(table: Table, curves: list[Curve], out: Path) -> Plot:
     figure, (ax,) = _figure()
     _curves_panel(ax, curves, "non-embedding parameters N", f"error ({table.metric.error_label})")
-    _log_y_if_positive(ax, pd.concat([c.points["mean"] for c in curves]))
-    for _, point in curves[0].points.iterrows():
+    _outliers(ax, table, curves, "params_non_embedding")
+    _log_y_if_positive(ax, _all_means(curves))
+    # Each model named once, above or below its point in turn, so neighbours do not collide.
+    named = pd.concat([curves[0].points, curves[0].excluded]).drop_duplicates("x").sort_values("x")
+    for i, (_, point) in enumerate(named.iterrows()):
         ax.annotate(
             str(point["name"]),
             (point["x"], point["mean"]),
             fontsize=7,
-            xytext=(4, 4),
+            xytext=(4, 6 if i % 2 == 0 else -12),
             textcoords="offset points",
         )
-    workers = _format.workers(table.reference_workers)
-    ax.set_title(f"Error vs model size, one curve per data fraction ({workers})")
+    _legend(ax)
+    ax.set_title(f"Error vs model size, one curve per data fraction ({_workers_text(table)})")
     return _save(
         figure,
         out,
@@ -139,16 +179,19 @@ def plot_model_axis(table: Table, curves: list[Curve], out: Path) -> Plot:
         "Model size",
         "Error against non-embedding parameters (log-log), one colour per training-data fraction; "
         "points are seed means with ±1 std error bars, lines the fitted E(N) = E_inf + A·N^-alpha. "
-        "A steeper curve means a bigger model pays off more; a flat one that E_inf dominates.",
+        "A steeper curve means a bigger model pays off more; a flat one that E_inf dominates. "
+        "Hollow grey points did not learn (within noise of chance) and are not fitted; red "
+        "crosses are single trials the robust fit flagged as outliers.",
     )
 
 
 def plot_data_axis(table: Table, curves: list[Curve], out: Path) -> Plot:
     figure, (ax,) = _figure()
     _curves_panel(ax, curves, "training examples D", f"error ({table.metric.error_label})")
-    _log_y_if_positive(ax, pd.concat([c.points["mean"] for c in curves]))
-    workers = _format.workers(table.reference_workers)
-    ax.set_title(f"Error vs training data, one curve per model ({workers})")
+    _outliers(ax, table, curves, "train_examples")
+    _log_y_if_positive(ax, _all_means(curves))
+    _legend(ax)
+    ax.set_title(f"Error vs training data, one curve per model ({_workers_text(table)})")
     return _save(
         figure,
         out,
@@ -156,7 +199,8 @@ def plot_data_axis(table: Table, curves: list[Curve], out: Path) -> Plot:
         "Training data",
         "Error against training examples (log-log), one colour per model, with the fitted "
         "E(D) = E_inf + B·D^-beta. Where a curve has flattened, more data of this kind buys little "
-        "for that model.",
+        "for that model. Hollow grey points did not learn and are not fitted; red crosses are "
+        "outlying trials.",
     )
 
 
@@ -174,6 +218,21 @@ def plot_joint(table: Table, joint: JointFit, out: Path) -> Plot:
     )
     low = float(min(predicted.min(), observed["error"].min())) * 0.95
     high = float(max(predicted.max(), observed["error"].max())) * 1.05
+    if not joint.excluded.empty:
+        ax.scatter(
+            fit.predict(joint.excluded["N"], joint.excluded["D"]),
+            joint.excluded["error"],
+            label="did not learn (not fitted)",
+            **_NOT_LEARNED,
+        )
+    if joint.outliers:
+        flagged = table.trials.set_index("trial_id").loc[[o["trial_id"] for o in joint.outliers]]
+        ax.scatter(
+            fit.predict(flagged["params_non_embedding"], flagged["train_examples"]),
+            flagged["error_value"],
+            label="outlier (down-weighted)",
+            **_OUTLIER,
+        )
     ax.plot([low, high], [low, high], "k--", lw=1, label="perfect fit")
     ax.set_xlabel(f"predicted error E(N, D) ({table.metric.error_label})")
     ax.set_ylabel(f"observed error ({table.metric.error_label})")
@@ -280,7 +339,7 @@ def plot_compute(
 
 def plot_frontier(table: Table, frontier: list[dict], out: Path) -> Plot:
     figure, (ax,) = _figure()
-    quality = table.cells[table.cells[WORKERS] == table.reference_workers]
+    quality = table.quality[table.quality["learned"]]
     models = list(dict.fromkeys(quality.sort_values("params")[MODEL]))
     for model, color in zip(models, _colors(len(models)), strict=True):
         rows = quality[quality[MODEL] == model]
@@ -293,17 +352,21 @@ def plot_frontier(table: Table, frontier: list[dict], out: Path) -> Plot:
             capsize=3,
             label=model,
         )
+    apart = table.quality[~table.quality["learned"]]
+    if not apart.empty:
+        ax.scatter(apart["flops"], apart["error_mean"], label="did not learn", **_NOT_LEARNED)
     line = pd.DataFrame(frontier)
-    ax.step(
-        line["flops"], line["error_mean"], where="post", color="black", lw=1.2, label="frontier"
-    )
+    if not line.empty:
+        ax.step(
+            line["flops"], line["error_mean"], where="post", color="black", lw=1.2, label="frontier"
+        )
     ax.set_xscale("log")
-    _log_y_if_positive(ax, quality["error_mean"])
+    _log_y_if_positive(ax, table.quality["error_mean"])
     ax.set_xlabel("training FLOPs ≈ 6 · N_non-embedding · tokens")
     ax.set_ylabel(f"error ({table.metric.error_label})")
     ax.set_title("Compute-quality frontier (every model × data cell)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return _save(
         figure,
         out,
@@ -311,7 +374,7 @@ def plot_frontier(table: Table, frontier: list[dict], out: Path) -> Plot:
         "Compute-quality frontier",
         "Error against estimated training FLOPs for every model × data cell; the black steps join "
         "the cells no cheaper cell beats. A cell above the line wastes compute: some smaller model "
-        "or data fraction did as well for less.",
+        "or data fraction did as well for less. Hollow grey cells did not learn.",
     )
 
 
@@ -320,7 +383,7 @@ def plot_learning_curves(table: Table, out: Path) -> Plot | None:
     if history.empty or table.metric.column not in history.columns:
         return None
     ok = table.ok
-    full = ok[(ok[WORKERS] == table.reference_workers) & (ok[DATA] == ok[DATA].max())]
+    full = ok[ok["quality"] & (ok[DATA] == ok[DATA].max())]
     series = [MODEL, *table.extra_axes]
     epochs = history.merge(full[["trial_id", *series]], on="trial_id")
     if epochs.empty:
@@ -344,7 +407,7 @@ def plot_learning_curves(table: Table, out: Path) -> Plot | None:
     ax.set_ylabel(f"eval error ({table.metric.error_label})")
     ax.set_title(f"Learning curves at {_format.fraction(full[DATA].max())} data")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return _save(
         figure,
         out,

@@ -3,6 +3,11 @@
 Each question narrows the next: the data question is asked of the chosen model, the workers
 question of the chosen model at the chosen data fraction. Quality is compared in error space
 (lower is better) so accuracy-like metrics and loss need no separate branches.
+
+The answers are seed-aware: each cell is shown as mean ± sd over its n seeds; two cells whose
+means differ by less than two standard errors are tied (a single seed borrows the sweep's
+pooled seed noise); a choice resting on one seed says so; cells that failed, are missing or
+did not learn are named rather than silently skipped.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import _format
-from orchestrator.analysis._table import DATA, MODEL, WORKERS, Table
+from orchestrator.analysis._table import DATA, MODEL, NOISE_Z, WORKERS, Table, standard_error
 
 __all__ = ["Answer", "Budget", "recommend"]
 
@@ -53,15 +59,22 @@ def recommend(
     budget: Budget,
     model: str | None,
 ) -> tuple[Answer, Answer, Answer]:
-    quality = table.cells[table.cells[WORKERS] == table.reference_workers]
+    quality = table.quality.assign(se=standard_error(table.quality, table.seed_sd))
     which_model = _model(table, quality, target=target, epsilon=epsilon)
     # With no model good enough, the data and workers questions are asked of the best one.
-    chosen = model or which_model.choice or which_model.details["best_model"]
+    chosen = model or which_model.choice or which_model.details.get("best_model")
+    if chosen is None:
+        return (
+            which_model,
+            Answer("Least data", None, "no model learned; nothing to compare", {}),
+            Answer("Workers", None, "no model learned; nothing to compare", {}),
+        )
     which_data = _data(table, quality[quality[MODEL] == chosen], chosen, epsilon=epsilon)
-    fraction = which_data.choice if which_data.choice is not None else quality[DATA].max()
+    learned = quality[(quality[MODEL] == chosen) & quality["learned"]]
+    fraction = which_data.choice if which_data.choice is not None else learned[DATA].max()
     rows = speedups[(speedups[MODEL] == chosen) & (speedups[DATA] == fraction)]
     # Compare worker counts at the extra-axis values (e.g. a learning rate) that did best here.
-    best = quality[(quality[MODEL] == chosen) & (quality[DATA] == fraction)]
+    best = learned[learned[DATA] == fraction]
     if not best.empty:
         best_cell = best.loc[best["error_mean"].idxmin()]
         for axis in table.extra_axes:
@@ -75,76 +88,185 @@ def _best_per(cells: pd.DataFrame, column: str) -> pd.DataFrame:
     return cells.loc[cells.groupby(column, observed=True)["error_mean"].idxmin()]
 
 
+def _tied(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two cells' means are within noise: less than two standard errors apart."""
+    return bool(abs(a["error_mean"] - b["error_mean"]) <= NOISE_Z * math.hypot(a["se"], b["se"]))
+
+
+def _shown(cell: pd.Series, metric: str | None = None) -> str:
+    """ "accuracy 0.7932 ± 0.0060 (n = 3)", the sd left out when one seed gives none."""
+    value = _format.metric(cell["metric_mean"], cell["metric_std"])
+    return f"{metric + ' ' if metric else ''}{value} (n = {int(cell['n'])})"
+
+
+def _name(cell: pd.Series, label: str) -> str:
+    """The cell by the axis being compared: a model's name, or "50 %" for a data fraction."""
+    return _format.fraction(cell[label]) if label == DATA else str(cell[label])
+
+
+def _caveats(table: Table, cells: list[pd.Series], label: str) -> list[str]:
+    """What a reader must know before trusting a comparison of these cells."""
+    caveats = []
+    if not math.isfinite(table.seed_sd):
+        caveats.append("one seed per cell: differences may be seed noise")
+    else:
+        caveats += [
+            f"{_name(c, label)} rests on 1 seed: no spread of its own, so its place is provisional"
+            for c in cells
+            if c["n"] == 1
+        ]
+    caveats += [
+        f"{_name(c, label)} is read at {_format.workers(int(c[WORKERS]))} (none finished with "
+        f"{table.reference_workers})"
+        for c in cells
+        if c[WORKERS] != table.reference_workers
+    ]
+    return list(dict.fromkeys(caveats))
+
+
+def _absent(table: Table, column: str, value: Any) -> list[str]:
+    """Cells with no usable trial at any worker count, named: "the 100 % cell of x failed"."""
+    out = []
+    for entry in table.absent:
+        cell = entry["cell"]
+        if cell[column] != value:
+            continue
+        name = f"the {_format.fraction(cell[DATA])} cell of {cell[MODEL]}"
+        if entry["reason"] == "no trial in results.csv":
+            out.append(f"{name} has no trial")
+            continue
+        first, *more = entry["reason"].split("; ")
+        out.append(f"{name} failed ({first}" + (f"; {len(more)} more)" if more else ")"))
+    return out
+
+
+def _did_not_learn(cells: pd.DataFrame, label: str) -> list[str]:
+    return [
+        f"{_name(c, label)} did not learn ({_format.metric(c['metric_mean'])}, chance "
+        f"{_format.metric(c['chance'])})"
+        for _, c in cells[~cells["learned"]].iterrows()
+    ]
+
+
 def _model(table: Table, quality: pd.DataFrame, *, target: float | None, epsilon: float) -> Answer:
     metric = table.metric
-    full = quality[DATA].max()
+    full = float(table.trials[DATA].max())
     at_full = _best_per(quality[quality[DATA] == full], MODEL).sort_values("params")
-    best = at_full.loc[at_full["error_mean"].idxmin()]
-    details = {
-        "data_fraction": float(full),
-        "best_model": best[MODEL],
-        "best_metric": float(best["metric_mean"]),
-        "candidates": at_full[[MODEL, "params", "metric_mean", "metric_std", "n"]].to_dict(
-            orient="records"
-        ),
+    learned = at_full[at_full["learned"]]
+    absent = _absent(table, DATA, full) + _did_not_learn(at_full, MODEL)
+    details: dict[str, Any] = {
+        "data_fraction": full,
+        "candidates": at_full[
+            [MODEL, WORKERS, "params", "metric_mean", "metric_std", "n", "se", "learned"]
+        ].to_dict(orient="records"),
+        "failed_or_missing": absent,
     }
-    best_text = f"{best[MODEL]}, {_format.metric(best['metric_mean'])}"
     if target is not None:
         question = f"Smallest model reaching {metric.name} {target:g}"
         details["target"] = target
-        reaching = at_full[at_full["error_mean"] <= metric.error(target)]
-        if reaching.empty:
-            text = f"none at {_format.fraction(full)} data; the best is {best_text}"
-            return Answer(question, None, text, details)
-        pick = reaching.iloc[0]
     else:
         question = f"Smallest model within ε = {epsilon:g} of the best"
         details["epsilon"] = epsilon
-        pick = at_full[at_full["error_mean"] <= best["error_mean"] + epsilon].iloc[0]
+    if learned.empty:
+        text = f"no model learned at {_format.fraction(full)} data"
+        return Answer(question, None, _join(text, absent), details)
+
+    best = learned.loc[learned["error_mean"].idxmin()]
+    details |= {"best_model": best[MODEL], "best_metric": float(best["metric_mean"])}
+    tied = [c for _, c in learned.iterrows() if c[MODEL] != best[MODEL] and _tied(c, best)]
+    details["tied_with_best"] = [c[MODEL] for c in tied]
+    best_text = f"{best[MODEL]}, {_shown(best)}"
+    if target is not None:
+        reaching = learned[learned["error_mean"] <= metric.error(target)]
+        if reaching.empty:
+            text = f"none at {_format.fraction(full)} data; the best is {best_text}"
+            caveats = _caveats(table, [best], MODEL)
+            return Answer(question, None, _join(text, absent + caveats), details)
+        pick = reaching.iloc[0]
+    else:
+        # As good as the best: within ε of it, or within seed noise of it.
+        good = [
+            c
+            for _, c in learned.iterrows()
+            if c["error_mean"] <= best["error_mean"] + epsilon or _tied(c, best)
+        ]
+        pick = good[0]
     text = (
-        f"{pick[MODEL]} ({_format.count(pick['params'])} non-embedding params), {metric.name} "
-        f"{_format.metric(pick['metric_mean'], pick['metric_std'])} at "
-        f"{_format.fraction(full)} data"
+        f"{pick[MODEL]} ({_format.count(pick['params'])} non-embedding params), "
+        f"{_shown(pick, metric.name)} at {_format.fraction(full)} data"
     )
-    text += "; the best" if pick[MODEL] == best[MODEL] else f" (best: {best_text})"
-    return Answer(question, pick[MODEL], text, details)
+    if pick[MODEL] == best[MODEL]:
+        text += "; the best"
+        if tied:
+            text += ", tied within seed noise with " + ", ".join(
+                f"{c[MODEL]} {_shown(c)}" for c in tied
+            )
+    else:
+        text += f" (best: {best_text}" + (", within seed noise" if _tied(pick, best) else "") + ")"
+    caveats = _caveats(table, [pick, best, *tied], MODEL)
+    return Answer(question, pick[MODEL], _join(text, absent + caveats), details)
 
 
 def _data(table: Table, cells: pd.DataFrame, model: str, *, epsilon: float) -> Answer:
     question = f"Least data for {model} within ε = {epsilon:g} of the largest fraction"
     if cells.empty:
-        return Answer(question, None, f"{model} has no finished trial", {"model": model})
+        text = f"{model} has no finished trial"
+        return Answer(question, None, _join(text, _absent(table, MODEL, model)), {"model": model})
+    sweep_full = float(table.trials[DATA].max())
     by_fraction = _best_per(cells, DATA).sort_values(DATA)
-    full = by_fraction.iloc[-1]
-    details = {
+    learned = by_fraction[by_fraction["learned"]]
+    absent = _absent(table, MODEL, model) + _did_not_learn(by_fraction, DATA)
+    details: dict[str, Any] = {
         "model": model,
         "epsilon": epsilon,
-        "full_fraction": float(full[DATA]),
-        "full_metric": float(full["metric_mean"]),
         "candidates": by_fraction[
-            [DATA, "train_examples", "metric_mean", "metric_std", "n"]
+            [DATA, WORKERS, "train_examples", "metric_mean", "metric_std", "n", "se", "learned"]
         ].to_dict(orient="records"),
+        "failed_or_missing": absent,
     }
     metric = table.metric.name
-    if len(by_fraction) < 2:
-        text = f"only {_format.fraction(full[DATA])} finished; nothing to compare"
-        return Answer(question, None, text, details)
-    pick = by_fraction[by_fraction["error_mean"] <= full["error_mean"] + epsilon].iloc[0]
+    if learned.empty:
+        return Answer(question, None, _join("no fraction learned", absent), details)
+    full = learned.iloc[-1]
+    details |= {"full_fraction": float(full[DATA]), "full_metric": float(full["metric_mean"])}
+    # "All of it" only when the sweep's largest fraction is the one that finished.
+    largest = (
+        f"all of it ({_format.fraction(full[DATA])})"
+        if full[DATA] == sweep_full
+        else f"the largest fraction that finished and learned, {_format.fraction(full[DATA])}"
+    )
+    if len(learned) < 2:
+        text = f"only {_format.fraction(full[DATA])} finished and learned; nothing to compare"
+        return Answer(question, None, _join(text, absent), details)
+    # The smallest fraction from which every larger one is within ε of the largest: one lucky
+    # small fraction among worse larger ones is noise, not a reason to train on less.
+    within = (learned["error_mean"] <= full["error_mean"] + epsilon).to_numpy()
+    from_here = np.logical_and.accumulate(within[::-1])[::-1]
+    pick = learned[from_here].iloc[0]
     if pick[DATA] == full[DATA]:
-        runner_up = by_fraction.iloc[-2]
+        runner_up = learned.iloc[-2]
         text = (
-            f"all of it ({_format.fraction(full[DATA])}), {metric} "
-            f"{_format.metric(full['metric_mean'])}; the next largest, "
-            f"{_format.fraction(runner_up[DATA])}, reaches only "
-            f"{_format.metric(runner_up['metric_mean'])}"
+            f"{largest}, {_shown(full, metric)}; the next largest, "
+            f"{_format.fraction(runner_up[DATA])}, reaches only {_shown(runner_up)}"
         )
     else:
         text = (
             f"{_format.fraction(pick[DATA])} ({_format.count(pick['train_examples'])} examples), "
-            f"{metric} {_format.metric(pick['metric_mean'])} vs "
-            f"{_format.metric(full['metric_mean'])} at {_format.fraction(full[DATA])}"
+            f"{_shown(pick, metric)} vs {_shown(full)} at {_format.fraction(full[DATA])}"
         )
-    return Answer(question, float(pick[DATA]), text, details)
+    lucky = learned[within & ~from_here]
+    if not lucky.empty:
+        text += (
+            f"; {', '.join(_format.fraction(f) for f in lucky[DATA])} also came within ε, but "
+            "a larger fraction did not: read as noise, not as a reason to train on less"
+        )
+    caveats = _caveats(table, [pick, full], DATA)
+    return Answer(question, float(pick[DATA]), _join(text, absent + caveats), details)
+
+
+def _join(text: str, remarks: list[str]) -> str:
+    """The answer, then what it could not use and what to beware of, in one line."""
+    return text + "".join(f"; {r}" for r in remarks)
 
 
 def _workers(table: Table, rows: pd.DataFrame, where: str, budget: Budget) -> Answer:

@@ -11,13 +11,14 @@ import base64
 import html
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.analysis import _format
+from orchestrator.analysis import _format, _optimal
 from orchestrator.analysis._compute import TIMES
-from orchestrator.analysis._table import DATA, MODEL, WORKERS
+from orchestrator.analysis._table import DATA, MODEL, SEED, WORKERS
 
 __all__ = ["jsonable", "render_terminal", "write_html", "write_markdown", "write_summary"]
 
@@ -51,7 +52,7 @@ def jsonable(value: Any) -> Any:
 
 
 def render_terminal(summary: dict[str, Any]) -> str:
-    """The recommendation, then one row per model at the largest data fraction."""
+    """The recommendation, one row per model at the largest data fraction, then warnings."""
     lines = [
         f"Scaling analysis of {summary['experiment']['name']} ({summary['experiment']['metric']})"
     ]
@@ -63,6 +64,9 @@ def render_terminal(summary: dict[str, Any]) -> str:
         lines.append(
             "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
         )
+    warnings = _warnings(summary)
+    if warnings:
+        lines += ["", *warnings]
     trials = summary["trials"]
     status = f"{trials['finished']} of {trials['in_results']} trials finished"
     if trials["failed"]:
@@ -73,12 +77,70 @@ def render_terminal(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cell_name(cell: dict[str, Any], extra: Sequence[str] = ()) -> str:
+    """ "bert-mini at 25 % data, 2 workers" (and any extra axes), for warnings and lists."""
+    text = f"{cell[MODEL]} at {_format.fraction(cell[DATA])} data"
+    if WORKERS in cell:
+        text += f", {_format.workers(cell[WORKERS])}"
+    return text + "".join(f", {a.rsplit('.', 1)[-1]}={_format.value(cell[a])}" for a in extra)
+
+
+def _warnings(summary: dict[str, Any]) -> list[str]:
+    """Outliers, cells that did not learn, cells read elsewhere, the compute-optimal answer."""
+    extra, metric = summary["experiment"]["extra_axes"], summary["experiment"]["metric"]
+    lines = [
+        f"Outlier: {_cell_name(o, extra)}, seed {_format.value(o[SEED])}: {metric} "
+        f"{o['metric']:.4f}, {_off(o)} (down-weighted by the robust fit)"
+        for o in summary["outliers"]
+    ]
+    lines += [
+        f"Timing outlier: {_cell_name(o, extra)}, seed {_format.value(o[SEED])}: {_off(o)}"
+        for o in summary["timing_outliers"]
+    ]
+    if summary["did_not_learn"]:
+        lines.append(
+            "Did not learn (within noise of chance; left out of the fits): "
+            + "; ".join(
+                f"{_cell_name(c, extra)} ({_format.metric(c['metric_mean'])} vs chance "
+                f"{_format.metric(c['chance'])})"
+                for c in summary["did_not_learn"]
+            )
+        )
+    # One line per model read at more workers, with its fractions and the first failure.
+    by_model: dict[tuple, list[dict[str, Any]]] = {}
+    for q in summary["quality_workers"]:
+        key = (q["cell"][MODEL], *(q["cell"][a] for a in extra), q["workers"])
+        by_model.setdefault(key, []).append(q)
+    for (model, *_, workers), cells in by_model.items():
+        first = cells[0]
+        fractions = ", ".join(_format.fraction(q["cell"][DATA]) for q in cells)
+        lines.append(
+            f"Read at {_format.workers(workers)}: {model} at {fractions} data "
+            f"(at {_format.workers(first['reference_workers'])}: {first['reason']})"
+        )
+    optimal = summary["compute_optimal"]
+    if optimal:
+        lines += [
+            _optimal.describe(a, optimal["flops_budget"], summary["experiment"]["error"])
+            for a in optimal["allocations"]
+        ]
+    return lines
+
+
+def _off(outlier: dict[str, Any]) -> str:
+    """How far off which law: "52× the noise above the joint law (and 2 more)". Above is a
+    worse error, or a slower time, than the law predicts."""
+    z, fits = outlier["residual_in_noise_units"], outlier["flagged_by"]
+    more = f" (and {len(fits) - 1} more)" if len(fits) > 1 else ""
+    return f"{abs(z):.3g}× the noise {'above' if z > 0 else 'below'} the {fits[0]}{more}"
+
+
 def _model_rows(summary: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """One row per model at the largest fraction: its best cell over any extra axes."""
     extra = summary["experiment"]["extra_axes"]
     best: dict[str, dict[str, Any]] = {}
     for c in summary["cells"]:
-        at_full = c[WORKERS] == summary["reference_workers"] and c[DATA] == summary["full_fraction"]
+        at_full = c["quality"] and c[DATA] == summary["full_fraction"]
         if at_full and (c[MODEL] not in best or c["error_mean"] < best[c[MODEL]]["error_mean"]):
             best[c[MODEL]] = c
     header = (
@@ -87,6 +149,7 @@ def _model_rows(summary: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[st
         "params",
         summary["experiment"]["metric"],
         "seeds",
+        "workers",
         "wall/run",
         summary["cost"]["unit"] + "/run",
     )
@@ -95,8 +158,10 @@ def _model_rows(summary: dict[str, Any]) -> tuple[tuple[str, ...], list[tuple[st
             c[MODEL],
             *(_format.value(c[a]) for a in extra),
             _format.count(c["params"]),
-            _format.metric(c["metric_mean"], c["metric_std"]),
+            _format.metric(c["metric_mean"], c["metric_std"])
+            + ("" if c["learned"] else " (did not learn)"),
             str(c["n"]),
+            str(c[WORKERS]),
             _format.seconds(c["trial_wall_s"]),
             _format.hours(c["hours"]),
         )
@@ -130,11 +195,14 @@ def _sections(summary: dict[str, Any]) -> list[_Section]:
         f"seeds {experiment['seeds']}.",
         f"{trials['finished']} of {trials['in_results']} trials in results.csv finished "
         f"({experiment['num_trials_planned']} planned), {trials['failed']} failed, "
-        f"{trials['unfinished']} unfinished. Quality curves use "
-        f"{_format.workers(summary['reference_workers'])}, the fewest that ran.",
+        f"{trials['unfinished']} unfinished. Quality is read per model × data cell at "
+        f"{_format.workers(summary['reference_workers'])}, the fewest that ran, or at the "
+        "fewest that cell finished with (listed below).",
+        f"Chance level: {summary['chance']['source']}. A cell within two standard errors of "
+        "chance did not learn: it is drawn hollow and grey and left out of every fit.",
         *summary["notes"],
     ]
-    sections.append(_Section("Sweep", paragraphs=tuple(sweep)))
+    sections.append(_Section("Sweep", paragraphs=tuple(sweep), bullets=tuple(_warnings(summary))))
     if summary["missing_cells"]:
         sections.append(
             _Section(
@@ -147,6 +215,17 @@ def _sections(summary: dict[str, Any]) -> list[_Section]:
                         m["reason"],
                     )
                     for m in summary["missing_cells"]
+                ),
+            )
+        )
+    if summary["absent_cells"]:
+        sections.append(
+            _Section(
+                "Model × data cells with no usable trial at any worker count",
+                header=("cell", "reason"),
+                rows=tuple(
+                    (_cell_name(a["cell"], experiment["extra_axes"]), a["reason"])
+                    for a in summary["absent_cells"]
                 ),
             )
         )
@@ -176,7 +255,7 @@ def _fits_section(fits: dict[str, Any]) -> _Section:
         )
         fit = entry["fit"]
         if fit is None:
-            rows.append((axis, series, "refused", entry["refusal"], "", ""))
+            rows.append((axis, series, "refused", entry["refusal"], "", "", ""))
             continue
         exponents = [k for k in ("alpha", "beta", "s") if k in fit["params"]]
         ci = fit["ci95"] or {}
@@ -185,8 +264,17 @@ def _fits_section(fits: dict[str, Any]) -> _Section:
             + (f" [{ci[k][0]:.3g}, {ci[k][1]:.3g}]" if k in ci else "")
             for k in exponents
         )
+        holdouts = entry.get("leave_largest_out")
         rows.append(
-            (axis, series, fit["equation"], shown, f"{fit['r2']:.3f}", str(fit["n_points"]))
+            (
+                axis,
+                series,
+                fit["equation"],
+                shown,
+                f"{fit['r2']:.3f}",
+                _holdout_text(holdouts if isinstance(holdouts, list) else [holdouts]),
+                str(fit["n_points"]),
+            )
         )
         notes += [f"{axis}, {series}: {n}" for n in fit["notes"]]
     notes += [
@@ -197,14 +285,38 @@ def _fits_section(fits: dict[str, Any]) -> _Section:
     return _Section(
         "Fitted laws",
         paragraphs=(
-            "Exponents with 95 % intervals in brackets, from refits to the fitted curve plus "
-            "resampled residuals (a residual bootstrap). With two or three seeds and one decade "
-            "per axis, read them as rough.",
+            "Fitted on log error with a robust (Huber) loss whose scale is the seeds' spread, so "
+            "one diverged trial pulls a law by a bounded amount and is flagged by name. Exponents "
+            "with 95 % intervals in brackets, from refits to the fitted curve plus resampled "
+            "residuals (a residual bootstrap; Amdahl fits give each seed its own one-worker "
+            "time). Leave-largest-out: the law refitted without the largest model or data size "
+            "predicts it; the error of that prediction says how far to trust an extrapolation. "
+            "With two or three seeds and one decade per axis, read them as rough.",
             *notes,
         ),
-        header=("axis", "series", "law", "exponent [95 % CI]", "R²", "trials"),
+        header=(
+            "axis",
+            "series",
+            "law",
+            "exponent [95 % CI]",
+            "R²",
+            "leave-largest-out error",
+            "trials",
+        ),
         rows=tuple(rows),
     )
+
+
+def _holdout_text(holdouts: list[dict[str, Any] | None]) -> str:
+    parts = []
+    for h in holdouts:
+        if h is None:
+            continue
+        if "refusal" in h:
+            parts.append("–")
+            continue
+        parts.append(f"{h['held_out']}: {100 * h['mean_abs_relative_error']:.1f} %")
+    return ", ".join(parts)
 
 
 def _compute_section(summary: dict[str, Any]) -> _Section:
@@ -213,8 +325,9 @@ def _compute_section(summary: dict[str, Any]) -> _Section:
     paragraphs += [
         f"Flagged: {f[MODEL]} at {_format.fraction(f[DATA])} data, {f[WORKERS]} workers: "
         f"{summary['experiment']['metric']} {f['metric_mean']:.4f} vs "
-        f"{f['reference_metric_mean']:.4f} with {f['reference_workers']} (p = {f['p_value']:.2g}); "
-        "check the batch and learning-rate arithmetic for this worker count."
+        f"{f['reference_metric_mean']:.4f} with {f['reference_workers']} (p = {f['p_value']:.2g}, "
+        f"Holm-adjusted {f['p_holm']:.2g}); check the batch and learning-rate arithmetic for "
+        "this worker count."
         for f in check["flags"]
     ]
     rows = tuple(
@@ -289,6 +402,7 @@ def _cells_section(summary: dict[str, Any]) -> _Section:
             *(_format.value(c[a]) for a in extra),
             str(c["n"]),
             _format.metric(c["metric_mean"], c["metric_std"]),
+            _judged(c),
             _format.seconds(c["train_time_s"]),
             _format.seconds(c["trial_wall_s"]),
             _format.hours(c["hours"]),
@@ -297,7 +411,8 @@ def _cells_section(summary: dict[str, Any]) -> _Section:
         for c in summary["cells"]
     )
     return _Section(
-        "Every cell (seed mean ± std)",
+        "Every cell (seed mean ± std; quality: fitted, did not learn, or – for a worker count "
+        "the fits do not read)",
         header=(
             "model",
             "data",
@@ -305,6 +420,7 @@ def _cells_section(summary: dict[str, Any]) -> _Section:
             *extra,
             "seeds",
             summary["experiment"]["metric"],
+            "quality",
             "train loop",
             "whole trial",
             summary["cost"]["unit"],
@@ -312,6 +428,13 @@ def _cells_section(summary: dict[str, Any]) -> _Section:
         ),
         rows=rows,
     )
+
+
+def _judged(cell: dict[str, Any]) -> str:
+    """Whether the fits read this cell's quality, and whether it learned."""
+    if not cell["learned"]:
+        return "did not learn"
+    return "fitted" if cell["quality"] else "–"
 
 
 def write_markdown(summary: dict[str, Any], path: Path) -> None:

@@ -3,12 +3,17 @@
 One row per trial: the axis columns, then metrics and the derived numbers every later step
 uses (error, resource-hours, FLOPs). Cells are the grid points without the seed; a cell is
 missing when none of its seeds finished, partial when some did.
+
+Quality (the metric) is read per model × data cell at the fewest workers that cell finished
+with, and a cell whose metric is within noise of chance "did not learn": it stays in the
+tables, marked, and out of every fitted law.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +21,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from contract.rows import result_fields
 from orchestrator.analysis import _format
 from orchestrator.analysis._errors import AnalysisError
+from orchestrator.experiment import STATUS_COLUMNS, TRIAL_COLUMNS
 
 __all__ = [
     "DATA",
     "MODEL",
+    "NOISE_Z",
     "SEED",
     "WORKERS",
     "Experiment",
@@ -30,12 +38,14 @@ __all__ = [
     "build_table",
     "load_experiment",
     "resolve_metric",
+    "standard_error",
 ]
 
-# The derived model identity: ``model.name``, plus ``-L<n>`` when ``model.num_layers`` truncates
-# it, so that a sweep over the depth of one checkpoint is still a model axis. It is an ordered
-# categorical (smallest first), so groupbys pass observed=True: pandas 2 would otherwise yield an
-# empty group for every unseen combination.
+# The derived model identity, a short display name: ``model.name`` (a local directory by its
+# last path component), plus ``-L<n>`` when ``model.num_layers`` truncates it, so that a sweep
+# over the depth of one checkpoint is still a model axis. It is an ordered categorical (smallest
+# first), so groupbys pass observed=True: pandas 2 would otherwise yield an empty group for
+# every unseen combination.
 MODEL = "model"
 DATA = "data.train_fraction"
 WORKERS = "compute.num_workers"
@@ -45,28 +55,36 @@ _FIXED_AXES = (MODEL, DATA, WORKERS)
 _NOT_EXTRA = {"model.name", "model.num_layers", DATA, WORKERS, SEED}
 
 _SPEC_KEYS = ("name", "primary_metric", "axes", "seeds", "num_trials")
+# What the analysis reads: the ledger's columns, the axes, and these fields of each trial's row.
 _REQUIRED_COLUMNS = (
-    "trial_id",
-    "label",
-    "status",
-    "error",
+    *STATUS_COLUMNS,
+    *TRIAL_COLUMNS,
     "model.name",
     DATA,
     WORKERS,
     SEED,
-    "params_non_embedding",
-    "train_examples",
-    "global_batch",
-    "use_gpu",
-    "gpus_per_worker",
-    "train_time_s",
-    "trial_wall_s",
-    "examples_per_s",
-    "train_tokens",
-    "eval_loss",
+    *result_fields(
+        "params_non_embedding",
+        "train_examples",
+        "global_batch",
+        "train_time_s",
+        "examples_per_s",
+        "train_tokens",
+        "eval_loss",
+    ),
 )
 _TEXT_COLUMNS = {"trial_id": str, "label": str, "status": str, "error": str, "model.name": str}
 FINISHED = "TERMINATED"
+# The score of the best constant prediction, when results.csv has no chance_<metric> column
+# (sweeps from before the trials reported it): 0 by definition for correlations. Accuracy and
+# F1 depend on the label mix, so without the column their chance level is unknown.
+_DEFAULT_CHANCE = {"matthews_correlation": 0.0, "pearson": 0.0, "spearmanr": 0.0}
+# A cell "learned" when its mean beats chance by two standard errors, and by at least this
+# much: seeds that all predict one class agree exactly, and a zero spread is no evidence.
+_CHANCE_MARGIN = 0.005
+NOISE_Z = 2.0  # standard errors of "within noise": about a 95 % two-sided band
+# Metrics bounded by construction, for checking a --target.
+_RANGES = {"matthews_correlation": (-1.0, 1.0), "pearson": (-1.0, 1.0), "spearmanr": (-1.0, 1.0)}
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,6 +120,13 @@ class Metric:
     def error(self, values: Any) -> Any:
         return 1.0 - values if self.higher_is_better else values
 
+    @property
+    def valid_range(self) -> tuple[float, float]:
+        """Values the metric can take: [0, 1] for rates and F1, [-1, 1] for correlations."""
+        if not self.higher_is_better:
+            return (0.0, math.inf)
+        return _RANGES.get(self.name, (0.0, 1.0))
+
 
 @dataclass(frozen=True, eq=False)
 class Table:
@@ -110,10 +135,19 @@ class Table:
     experiment: Experiment
     metric: Metric
     trials: pd.DataFrame  # every trial, with derived columns; ``ok`` marks usable ones
-    cells: pd.DataFrame  # one row per cell with at least one usable seed
+    # One row per cell with at least one usable seed. ``quality`` marks the row a model × data
+    # cell is judged by (its fewest workers), ``learned`` whether it beat chance.
+    cells: pd.DataFrame
     extra_axes: tuple[str, ...]  # swept axes other than model, data fraction, workers, seed
     missing: tuple[dict[str, Any], ...]  # cells with fewer usable seeds than asked for
     hours_unit: str  # "GPU-hours" or "worker-hours (CPU)"
+    model_names: dict[str, str]  # display name -> model.name as the sweep spelled it
+    chance: str  # where the chance level came from, in words
+    seed_sd: float  # the metric's seed noise pooled over cells with two seeds or more (NaN: none)
+    # Model × data cells that quality is read for at another worker count than the sweep's
+    # fewest, and those with no usable trial at any worker count: each with why.
+    substituted: tuple[dict[str, Any], ...]
+    absent: tuple[dict[str, Any], ...]
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -121,12 +155,18 @@ class Table:
 
     @property
     def reference_workers(self) -> int:
-        """The worker count that quality fits use: the smallest one that produced results.
+        """The sweep's fewest workers with results, where quality is read when a cell has it.
 
         Quality fits must not mix optimisation settings; other worker counts are replicates of
-        it only under strong scaling, and that is what the strong-scaling check tests.
+        it only under strong scaling, and that is what the strong-scaling check tests. A cell
+        with no result at this count is read at its own fewest (``substituted`` says which).
         """
         return int(self.ok[WORKERS].min())
+
+    @property
+    def quality(self) -> pd.DataFrame:
+        """One row per model × data (× extra axes) cell: the one its quality is judged by."""
+        return self.cells[self.cells["quality"]]
 
 
 def load_experiment(directory: Path) -> Experiment:
@@ -219,10 +259,7 @@ def build_table(experiment: Experiment, metric: Metric) -> Table:
     """Derive error, resource-hours and FLOPs per trial; aggregate seeds per cell."""
     trials = experiment.trials.copy()
     num_layers = trials.get("model.num_layers", pd.Series(np.nan, index=trials.index))
-    names = [
-        name if pd.isna(layers) else f"{name}-L{int(layers)}"
-        for name, layers in zip(trials["model.name"], num_layers, strict=True)
-    ]
+    names = _display_names(trials["model.name"], num_layers)
     # Ordered by size, so that every table and legend lists models smallest first.
     size = trials.groupby(names)["params_non_embedding"].max().fillna(np.inf)
     by_size = sorted(size.index, key=lambda name: (size[name], name))
@@ -233,6 +270,7 @@ def build_table(experiment: Experiment, metric: Metric) -> Table:
     _refuse_if_nothing_finished(experiment, trials, metric)
 
     trials["error_value"] = metric.error(trials["metric"])
+    trials["chance"], chance = _chance(trials, metric)
     trials["use_gpu"] = trials["use_gpu"].astype(str).str.lower().isin(["true", "1", "yes"])
     devices = np.where(trials["use_gpu"], trials["gpus_per_worker"].astype(float), 1.0)
     trials["hours"] = trials[WORKERS] * devices * trials["trial_wall_s"] / 3600.0
@@ -248,14 +286,151 @@ def build_table(experiment: Experiment, metric: Metric) -> Table:
     if ok_gpu.any() and not ok_gpu.all():
         hours_unit = "GPU- or worker-hours (mixed sweep)"
     axes = [*_FIXED_AXES, *extra]
+    keys = [MODEL, DATA, *extra]
+    cells = _aggregate(trials[trials["ok"]], axes)
+    seed_sd = _pooled_sd(cells)
+    # Each model × data cell is judged at the fewest workers it finished with.
+    cells["quality"] = cells[WORKERS] == cells.groupby(keys, observed=True)[WORKERS].transform(
+        "min"
+    )
+    cells["learned"] = _learned(cells, metric, seed_sd)
+    flags = cells[[*axes, "quality", "learned"]]
+    trials = trials.merge(flags, on=axes, how="left")
+    trials[["quality", "learned"]] = trials[["quality", "learned"]].fillna(False).astype(bool)
+    reference = int(cells[WORKERS].min())
     return Table(
         experiment=experiment,
         metric=metric,
         trials=trials,
-        cells=_aggregate(trials[trials["ok"]], axes),
+        cells=cells,
         extra_axes=extra,
         missing=_missing_cells(trials, axes, len(experiment.seeds) or 1),
         hours_unit=hours_unit,
+        model_names=dict(zip(names, trials["model.name"], strict=True)),
+        chance=chance,
+        seed_sd=seed_sd,
+        substituted=_substituted(trials, cells, keys, reference),
+        absent=_absent(trials, cells, keys),
+    )
+
+
+def standard_error(cells: pd.DataFrame, seed_sd: float) -> pd.Series:
+    """Standard error of each cell's mean metric: its own seed spread, or the sweep's pooled
+    one where a single seed gives none."""
+    sd = cells["metric_std"].where(cells["n"] >= 2, seed_sd)
+    return sd / np.sqrt(cells["n"])
+
+
+def _display_names(names: pd.Series, num_layers: pd.Series) -> list[str]:
+    """Hub names as they are; a local directory by its last components, as few as keep two
+    different directories apart; ``-L<n>`` for a truncated depth."""
+    short = {}
+    for name in names.unique():
+        parts = Path(name).parts if _is_path(name) else (name,)
+        for depth in range(1, len(parts) + 1):
+            candidate = "/".join(parts[-depth:])
+            clash = any(
+                other != name and _is_path(other) and Path(other).parts[-depth:] == parts[-depth:]
+                for other in names.unique()
+            )
+            if not clash:
+                break
+        short[name] = candidate
+    return [
+        short[name] if pd.isna(layers) else f"{short[name]}-L{int(layers)}"
+        for name, layers in zip(names, num_layers, strict=True)
+    ]
+
+
+def _is_path(name: str) -> bool:
+    # Hub ids have one slash at most (org/name); local directories start at a root or a dot.
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def _chance(trials: pd.DataFrame, metric: Metric) -> tuple[pd.Series, str]:
+    """The chance level of each trial's metric, and where it came from in words."""
+    column = f"chance_{metric.name}"
+    default = _DEFAULT_CHANCE.get(metric.name, math.nan)
+    fallback = (
+        f"{default:g} by definition for {metric.name}"
+        if math.isfinite(default)
+        else f"unknown for {metric.name}: results.csv has no {column} column (older sweeps), so "
+        "no cell is judged to have not learned"
+    )
+    if column not in trials.columns:
+        return pd.Series(default, index=trials.index, dtype=float), fallback
+    values = pd.to_numeric(trials[column], errors="coerce")
+    source = f"the best constant prediction on the validation labels ({column} in results.csv)"
+    if values.isna().any() and values.notna().any():
+        source += f"; {fallback} where it is blank"
+    return values.fillna(default), source
+
+
+def _pooled_sd(cells: pd.DataFrame) -> float:
+    repeated = cells[cells["n"] >= 2]
+    dof = (repeated["n"] - 1).sum()
+    if dof == 0:
+        return math.nan
+    return float(np.sqrt(((repeated["n"] - 1) * repeated["metric_std"] ** 2).sum() / dof))
+
+
+def _learned(cells: pd.DataFrame, metric: Metric, seed_sd: float) -> pd.Series:
+    """False where a cell's mean is within noise of chance (or worse); True where chance is
+    unknown."""
+    margin = np.maximum(NOISE_Z * standard_error(cells, seed_sd).fillna(0.0), _CHANCE_MARGIN)
+    gain = metric.error(cells["chance"]) - cells["error_mean"]
+    return ~(gain <= margin)  # NaN chance compares False: unknown counts as learned
+
+
+def _substituted(
+    trials: pd.DataFrame, cells: pd.DataFrame, keys: list[str], reference: int
+) -> tuple[dict[str, Any], ...]:
+    """Cells judged at more workers than the sweep's fewest, and what happened at those."""
+    out = []
+    for _, cell in cells[cells["quality"] & (cells[WORKERS] != reference)].iterrows():
+        at_reference = _matching(trials, cell, keys)
+        at_reference = at_reference[at_reference[WORKERS] == reference]
+        out.append(
+            {
+                "cell": {k: _format.plain(cell[k]) for k in keys},
+                "workers": int(cell[WORKERS]),
+                "reference_workers": reference,
+                "reason": _reasons(at_reference, workers=False) or "no trial in results.csv",
+            }
+        )
+    return tuple(out)
+
+
+def _absent(trials: pd.DataFrame, cells: pd.DataFrame, keys: list[str]) -> tuple[dict, ...]:
+    """Model × data cells of the grid with no usable trial at any worker count, and why."""
+    values = [sorted(trials[k].dropna().unique(), key=_sort_key) for k in keys]
+    present = set(cells[keys].itertuples(index=False, name=None))
+    out = []
+    for cell in itertools.product(*values):
+        if cell in present:
+            continue
+        key = dict(zip(keys, cell, strict=True))
+        out.append(
+            {
+                "cell": {k: _format.plain(v) for k, v in key.items()},
+                "reason": _reasons(_matching(trials, key, keys)) or "no trial in results.csv",
+            }
+        )
+    return tuple(out)
+
+
+def _matching(trials: pd.DataFrame, cell: Any, keys: list[str]) -> pd.DataFrame:
+    mask = np.logical_and.reduce([trials[k] == cell[k] for k in keys])
+    return trials[mask]
+
+
+def _reasons(trials: pd.DataFrame, *, workers: bool = True) -> str:
+    """Why these trials gave nothing usable, one clause per trial: (workers,) seed and error."""
+    bad = trials[~trials["ok"]].sort_values([WORKERS, SEED])
+    return "; ".join(
+        (f"{_format.workers(int(t[WORKERS]))}, " if workers else "")
+        + f"seed {_format.plain(t[SEED])}: {_failure(t)}"
+        for _, t in bad.iterrows()
     )
 
 
@@ -299,6 +474,7 @@ def _aggregate(ok: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         examples_per_s=("examples_per_s", "mean"),
         hours=("hours", "mean"),
         flops=("flops", "mean"),
+        chance=("chance", "mean"),
     )
     return cells.reset_index()
 

@@ -29,7 +29,6 @@ import ray
 import yaml
 from ray.cluster_utils import Cluster
 
-from orchestrator.cli import main
 from orchestrator.cluster import DRIVER_NODE_RESOURCE, HEAD_DRIVER_UNITS
 
 pytestmark = pytest.mark.integration
@@ -107,7 +106,9 @@ def two_nodes(ray_env) -> Iterator[tuple[Cluster, Path]]:
         shutil.rmtree(temp.parent, ignore_errors=True)
 
 
-def test_a_two_worker_trial_spreads_over_two_nodes_with_shared_storage(two_nodes, tmp_path):
+def test_a_two_worker_trial_spreads_over_two_nodes_with_shared_storage(
+    two_nodes, tmp_path, scalesweep
+):
     cluster, _ = two_nodes
     node_ids = {node.node_id for node in cluster.list_all_nodes()}
     assert len(node_ids) == 2
@@ -122,7 +123,8 @@ def test_a_two_worker_trial_spreads_over_two_nodes_with_shared_storage(two_nodes
     )
     local = tmp_path / "local" / "mn"
     started = time.monotonic()
-    assert main(["run", str(space), "-o", str(local), "--address", cluster.address]) == 0
+    run = scalesweep("run", space, "-o", local, "--address", cluster.address)
+    assert run.returncode == 0, run.stdout + run.stderr
     print(f"two-node sweep: {time.monotonic() - started:.0f} s")
 
     table = pd.read_csv(local / "results.csv")
@@ -140,7 +142,7 @@ def test_a_two_worker_trial_spreads_over_two_nodes_with_shared_storage(two_nodes
 
 
 def test_plan_on_the_connected_cluster_reports_admission_and_flags_what_never_fits(
-    two_nodes, tmp_path, capsys
+    two_nodes, tmp_path, scalesweep
 ):
     cluster, _ = two_nodes
     space = _write_space(
@@ -151,15 +153,17 @@ def test_plan_on_the_connected_cluster_reports_admission_and_flags_what_never_fi
         axes: {compute.num_workers: [1, 2]}
         """,
     )
-    assert main(["plan", str(space), "--address", cluster.address]) == 0
-    out = capsys.readouterr().out
+    plan = scalesweep("plan", space, "--address", cluster.address)
+    assert plan.returncode == 0, plan.stderr
+    out = plan.stdout
     assert f"cluster at {cluster.address} now: head, worker: each trial starts when its gang" in out
     # Two 1-CPU nodes: the 2-worker gang takes both, so the two trials run one after the other.
     assert re.search(r"now: makespan about \d+ s, CPU utilisation \d+%", out), out
 
-    three = ["plan", str(space), "axes.compute.num_workers=[3]", "--address", cluster.address]
-    assert main(three) == 2
-    captured = capsys.readouterr()
+    captured = scalesweep(
+        "plan", space, "axes.compute.num_workers=[3]", "--address", cluster.address
+    )
+    assert captured.returncode == 2
     assert "3 workers need 3 CPU at once, and only 2 such workers fit" in captured.out
     assert captured.err.startswith("error: 1 trial(s) can never be placed on cluster at")
 
@@ -316,7 +320,7 @@ def autoscaling_cluster(ray_env) -> Iterator[tuple[str, Path, Path]]:
 
 
 def test_autoscaler_adds_gpu_like_nodes_for_a_sweep_and_removes_them_after(
-    autoscaling_cluster, tmp_path
+    autoscaling_cluster, tmp_path, scalesweep
 ):
     address, config_file, logs = autoscaling_cluster
     (head,) = _alive_nodes(address)  # no worker nodes yet
@@ -331,12 +335,13 @@ def test_autoscaler_adds_gpu_like_nodes_for_a_sweep_and_removes_them_after(
     )
     # Sized by the nodes up now (the head, no fake_gpu), the trials could never be placed:
     # an error before launch, not a hang.
-    args = ["run", str(space), "--address", address]
-    assert main([*args, "-o", str(tmp_path / "now")]) == 2
+    args = ["run", space, "--address", address]
+    assert scalesweep(*args, "-o", tmp_path / "now").returncode == 2
 
     started = time.monotonic()
     out = tmp_path / "as"
-    assert main([*args, "-o", str(out), "--cluster", str(config_file)]) == 0
+    run = scalesweep(*args, "-o", out, "--cluster", config_file)
+    assert run.returncode == 0, run.stdout + run.stderr
     print(f"autoscaling sweep: {time.monotonic() - started:.0f} s")
     table = pd.read_csv(out / "results.csv")
     assert list(table["status"]) == ["TERMINATED", "TERMINATED"]

@@ -88,7 +88,7 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
     # The same trial run straight through, in this process: the restart changed nothing.
     reference = fit(load_spec(space).trials[0])
     for key in ("eval_loss", "eval_accuracy", "train_loss"):
-        assert row[key] == pytest.approx(reference[key], abs=1e-4)
+        assert row[key] == pytest.approx(getattr(reference, key), abs=1e-4)
 
 
 def test_a_tune_retry_resumes_the_trial_from_its_checkpoint(tmp_path):

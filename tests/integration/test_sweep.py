@@ -8,8 +8,6 @@ import textwrap
 import pandas as pd
 import pytest
 
-from orchestrator.cli import main
-
 pytestmark = pytest.mark.integration
 
 SPACE = """
@@ -25,13 +23,14 @@ axes:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, scalesweep):
     """One sweep shared by the checks below: 2 good trials (1 and 2 DDP workers), 2 failing."""
     root = tmp_path_factory.mktemp("sweep")
     space = root / "space.yaml"
     space.write_text(textwrap.dedent(SPACE))
     experiment = root / "experiment"
-    assert main(["run", str(space), "-o", str(experiment)]) == 0
+    run = scalesweep("run", space, "-o", experiment)
+    assert run.returncode == 0, run.stdout + run.stderr
     table = pd.read_csv(experiment / "results.csv", keep_default_na=False, na_values=[""])
     return experiment, table
 
@@ -72,8 +71,11 @@ def test_good_trials_terminate_with_sane_metrics(sweep):
 def test_ddp_and_single_worker_see_the_same_validation_set(sweep):
     _, table = sweep
     good = table[table["model.name"] == "bert-tiny"]
-    # Same model size and data: the parameter counts agree whatever the worker count.
-    assert good["params_total"].nunique() == 1
+    # Each DDP worker scores its own shard; gathered, they score the whole split, as one worker
+    # does, and chance is that of the whole split's labels.
+    assert list(good["eval_examples"]) == [200, 200]
+    assert good["chance_accuracy"].nunique() == 1
+    assert good["chance_accuracy"].iloc[0] == pytest.approx(0.5, abs=0.1)
 
 
 def test_failed_trials_are_rows_with_a_reason(sweep):
@@ -87,8 +89,9 @@ def test_failed_trials_are_rows_with_a_reason(sweep):
         assert pd.isna(row["eval_accuracy"])
 
 
-def test_results_command_prints_the_table(sweep, capsys):
+def test_results_command_prints_the_table(sweep, scalesweep):
     experiment, _ = sweep
-    assert main(["results", str(experiment)]) == 0
-    out = capsys.readouterr().out
+    results = scalesweep("results", experiment)
+    assert results.returncode == 0, results.stderr
+    out = results.stdout
     assert "bert-tiny·f1·w2·s0" in out and "2 TERMINATED" in out and "2 ERROR" in out

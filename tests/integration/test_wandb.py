@@ -3,8 +3,6 @@ compared with the experiment directory, which stays the source of truth."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -16,11 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import wandb
 
-from orchestrator.cli import main
-from orchestrator.wandb_config import run_id
-from orchestrator.wandb_files import find_run_files, read_run
+from contract.tracking import run_id
+from orchestrator.wandb.offline import find_run_files, read_run
 from tests.integration.test_faults import BASE as FAULTS
 from tests.integration.test_faults import _history, _start, _wait_for
 
@@ -45,26 +41,22 @@ def _ray_sessions() -> set[Path]:
     return set(root.glob("session_2*"))
 
 
-def _run(root: Path, space: str, *args: str) -> tuple[Path, str]:
+def _run(
+    scalesweep, root: Path, space: str, *args: str, env: dict[str, str | None] | None = None
+) -> tuple[Path, str]:
     """``scalesweep run`` with a dummy key in the environment; the experiment dir and the
     output, which holds the logs of the Ray session it started too."""
     (root / "space.yaml").write_text(textwrap.dedent(space))
     experiment = root / "experiment"
-    output = io.StringIO()
     sessions = _ray_sessions()
-    with (
-        pytest.MonkeyPatch.context() as env,
-        contextlib.redirect_stdout(output),
-        contextlib.redirect_stderr(output),
-    ):
-        env.setenv("WANDB_API_KEY", DUMMY_KEY)
-        env.delenv("WANDB_MODE", raising=False)
-        assert main(["run", str(root / "space.yaml"), "-o", str(experiment), *args]) == 0
-        wandb.teardown()  # wandb's service writes this process' runs out asynchronously
+    # No WANDB_MODE: the mode comes from the spec and the options.
+    env = {"WANDB_API_KEY": DUMMY_KEY, "WANDB_MODE": None, **(env or {})}
+    run = scalesweep("run", root / "space.yaml", "-o", experiment, *args, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
     logs = [p for s in _ray_sessions() - sessions for p in (s / "logs").rglob("*") if p.is_file()]
     assert logs, "the Ray session this sweep started was not found"
     ray_logs = "\n".join(p.read_text(errors="replace") for p in logs)
-    return experiment, output.getvalue() + ray_logs
+    return experiment, run.stdout + run.stderr + ray_logs
 
 
 def _assert_key_never_written(experiment: Path, output: str) -> None:
@@ -75,9 +67,10 @@ def _assert_key_never_written(experiment: Path, output: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, scalesweep):
     """Two trials (1 and 2 DDP workers) logged offline, a dummy API key in the environment."""
-    experiment, output = _run(tmp_path_factory.mktemp("wandb"), SPACE, "--wandb", "offline")
+    root = tmp_path_factory.mktemp("wandb")
+    experiment, output = _run(scalesweep, root, SPACE, "--wandb", "offline")
     table = pd.read_csv(experiment / "results.csv", keep_default_na=False, na_values=[""])
     sweep_name = json.loads((experiment / "wandb" / "sweep.json").read_text())["sweep"]
     runs = {f.run_id: read_run(f.path) for f in find_run_files(experiment / "wandb")}
@@ -160,20 +153,21 @@ def test_offline_runs_say_how_to_upload_and_the_key_is_never_written(sweep):
     _assert_key_never_written(experiment, output)
 
 
-def test_wandb_command_lists_the_runs(sweep, capsys):
+def test_wandb_command_lists_the_runs(sweep, scalesweep):
     experiment, _, table, name, _ = sweep
-    assert main(["wandb", str(experiment)]) == 0
-    out = capsys.readouterr().out
+    listed = scalesweep("wandb", experiment)
+    assert listed.returncode == 0, listed.stderr
+    out = listed.stdout
     assert f"group {name!r}: 3 run(s)" in out
     for trial_id in table["trial_id"]:
         assert run_id(name, trial_id) in out
     assert "summary" in out and "3 offline file(s) not uploaded yet" in out
 
 
-def test_analyze_uploads_to_the_sweeps_group(sweep, capsys):
+def test_analyze_uploads_to_the_sweeps_group(sweep, scalesweep):
     experiment, _, _, name, _ = sweep
-    assert main(["analyze", str(experiment)]) == 0
-    wandb.teardown()
+    analyzed = scalesweep("analyze", experiment)
+    assert analyzed.returncode == 0, analyzed.stderr
     analysis = [
         read_run(f.path)
         for f in find_run_files(experiment / "wandb")
@@ -194,14 +188,13 @@ def _closed_port() -> int:
 
 
 def test_unreachable_server_falls_back_to_offline_and_the_sweep_completes(
-    tmp_path_factory, monkeypatch
+    tmp_path_factory, scalesweep
 ):
     """Online with a key but no server: one warning, the runs land offline, results intact."""
-    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
-    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
-    wandb.teardown()  # wandb keeps the settings it first read; this test's server is new
+    server = {"WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}", "WANDB_INIT_TIMEOUT": "3"}
     space = SPACE.replace("[1, 2]", "[1]").replace("epochs: 2", "epochs: 1")
-    experiment, output = _run(tmp_path_factory.mktemp("down"), space, "--wandb", "online")
+    root = tmp_path_factory.mktemp("down")
+    experiment, output = _run(scalesweep, root, space, "--wandb", "online", env=server)
     assert "warning: W&B: cannot start run" in output and "logging offline instead" in output
     table = pd.read_csv(experiment / "results.csv")
     assert list(table["status"]) == ["TERMINATED"] and 0 <= table["eval_accuracy"][0] <= 1

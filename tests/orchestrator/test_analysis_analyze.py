@@ -44,6 +44,12 @@ MODELS = {
     "bert-mini": (11_170_000, 3_145_728),
     "bert-small": (28_760_000, 12_582_912),
 }
+# Three more rungs, for sweeps of six model sizes.
+LADDER = MODELS | {
+    "bert-medium": (41_370_000, 25_165_824),
+    "bert-base": (109_480_000, 85_054_464),
+    "bert-large": (335_140_000, 302_315_520),
+}
 FRACTIONS = (0.1, 0.3, 1.0)
 WORKERS = (1, 2, 4)
 SEEDS = (0, 1)
@@ -78,20 +84,28 @@ def write_experiment(
     failed: tuple[tuple[str, float, int, int], ...] = (FAILED,),
     dropped: tuple[tuple[str, float], ...] = (),
     shifted: dict[tuple[str, float, int], float] | None = None,
+    accuracy: dict[tuple[str, float, int, int], float] | None = None,
+    chance: float | None = None,
+    names: dict[str, tuple[str, int]] | None = None,
     noise: float = 0.003,
 ) -> Path:
     """Write experiment.json, results.csv and histories; return the directory.
 
     ``failed`` trials get status ERROR; ``dropped`` (model, fraction) cells are left out of
     results.csv at every worker count; ``shifted`` adds to the accuracy of (model, fraction,
-    workers) cells, as a broken strong-scaling setup would.
+    workers) cells, as a broken strong-scaling setup would; ``accuracy`` sets the final
+    accuracy of single (model, fraction, workers, seed) trials (a diverged or a lucky one);
+    ``chance`` writes the chance_accuracy column newer trials report; ``names`` writes a model
+    as a local directory and a depth, (model.name, model.num_layers).
     """
     rng = np.random.default_rng(0)
     directory.mkdir(parents=True, exist_ok=True)
     axes = ["model.name", "data.train_fraction", "compute.num_workers"]
+    columns = [*COLUMNS, *(["chance_accuracy"] if chance is not None else [])]
     rows = []
     for model in models:
-        total, non_embedding = MODELS[model]
+        total, non_embedding = LADDER[model]
+        name, layers = (names or {}).get(model, (model, ""))
         for fraction in fractions:
             if (model, fraction) in dropped:
                 continue
@@ -102,10 +116,11 @@ def write_experiment(
                 for seed in seeds:
                     trial_id = f"t{len(rows):03d}"
                     label = f"{model}·f{fraction:g}·w{w}·s{seed}"
-                    row = dict.fromkeys(COLUMNS, "") | {
+                    row = dict.fromkeys(columns, "") | {
                         "trial_id": trial_id,
                         "label": label,
-                        "model.name": model,
+                        "model.name": name,
+                        "model.num_layers": layers,
                         "data.train_fraction": fraction,
                         "compute.num_workers": w,
                         "train.seed": seed,
@@ -122,7 +137,8 @@ def write_experiment(
                         rows.append(row | {"status": "ERROR", "error": OOM, "trial_wall_s": 12.0})
                         continue
                     error = true_error(non_embedding, examples) + rng.normal(0.0, noise)
-                    accuracy = 1.0 - error + (shifted or {}).get((model, fraction, w), 0.0)
+                    score = 1.0 - error + (shifted or {}).get((model, fraction, w), 0.0)
+                    score = (accuracy or {}).get((model, fraction, w, seed), score)
                     train_time = t1 * (SERIAL_FRACTION + (1 - SERIAL_FRACTION) / w)
                     train_time *= 1 + rng.normal(0.0, 0.01)
                     throughput = examples * EPOCHS / train_time
@@ -137,11 +153,12 @@ def write_experiment(
                             "tokens_per_s": throughput * TOKENS_PER_EXAMPLE,
                             "train_tokens": examples * EPOCHS * TOKENS_PER_EXAMPLE,
                             "eval_loss": 2 * error,
-                            "eval_accuracy": accuracy,
-                            "eval_f1": accuracy - 0.02,
-                            "best_accuracy": accuracy + 0.005,
+                            "eval_accuracy": score,
+                            "eval_f1": score - 0.02,
+                            "best_accuracy": score + 0.005,
                             "train_loss": 1.5 * error,
                         }
+                        | ({"chance_accuracy": chance} if chance is not None else {})
                     )
                     _write_history(directory / "trials" / trial_id, error, train_time, examples)
     (directory / "experiment.json").write_text(
@@ -156,7 +173,7 @@ def write_experiment(
         )
     )
     with (directory / "results.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     return directory
@@ -405,8 +422,10 @@ def test_too_few_points_everywhere_still_writes_a_report(make_experiment) -> Non
     directory = make_experiment(
         models=("bert-tiny", "bert-mini"), fractions=(0.1, 1.0), workers=(1, 2), failed=()
     )
-    result = analyze(directory)
+    result = analyze(directory, flops_budget=1e14)
     fits = result.summary["fits"]
+    (allocation,) = result.summary["compute_optimal"]["allocations"]
+    assert allocation["refusal"].startswith("joint fit: too few points to fit")
     refusals = [c["refusal"] for axis in ("model_axis", "data_axis") for c in fits[axis]["curves"]]
     refusals += [j["refusal"] for j in fits["joint"]]
     refusals += [c["refusal"] for c in fits["amdahl"]["train_time_s"]]
@@ -475,6 +494,240 @@ def test_importing_analysis_pulls_in_no_ray_torch_or_transformers() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == "[]"
+
+
+SIX_MODELS = tuple(LADDER)
+SIX_FRACTIONS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+DIVERGED = ("bert-medium", 1 / 4, 1, 1)  # one trial of 108 that diverged to chance
+FLOPS_BUDGET = 1e15
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory: pytest.TempPathFactory) -> Analysed:
+    """6 models × 6 fractions × 3 seeds on one worker (108 trials), one of them diverged to
+    accuracy 0.5, analysed with a FLOPs budget."""
+    directory = write_experiment(
+        tmp_path_factory.mktemp("ladder") / "ladder",
+        models=SIX_MODELS,
+        fractions=SIX_FRACTIONS,
+        workers=(1,),
+        seeds=(0, 1, 2),
+        failed=(),
+        accuracy={DIVERGED: 0.5},
+    )
+    return directory, analyze(directory, flops_budget=FLOPS_BUDGET)
+
+
+def test_one_diverged_trial_is_flagged_and_the_laws_hold(ladder: Analysed) -> None:
+    summary = ladder[1].summary
+    (joint,) = summary["fits"]["joint"]
+    assert joint["fit"]["params"]["alpha"] == pytest.approx(LAW["alpha"], abs=0.05)
+    assert joint["fit"]["params"]["beta"] == pytest.approx(LAW["beta"], abs=0.05)
+    (outlier,) = summary["outliers"]
+    model, fraction, workers, seed = DIVERGED
+    assert (outlier["model"], outlier["data.train_fraction"]) == (model, fraction)
+    assert (outlier["compute.num_workers"], outlier["train.seed"]) == (workers, seed)
+    assert outlier["metric"] == 0.5
+    # The joint law, the N-axis law at 25 % and the D-axis law of bert-medium all saw it.
+    assert set(outlier["flagged_by"]) == {
+        "joint law",
+        "N-axis law (train_fraction=0.25)",
+        "D-axis law (model=bert-medium)",
+    }
+    terminal = ladder[1].render_terminal()
+    assert "Outlier: bert-medium at 25 % data, 1 worker, seed 1: accuracy 0.5000, " in terminal
+    assert "× the noise above the " in terminal
+    assert "Outlier: bert-medium at 25 % data" in ladder[1].paths["report.md"].read_text()
+
+
+def test_leave_largest_out_is_reported_next_to_r2(ladder: Analysed) -> None:
+    (joint,) = ladder[1].summary["fits"]["joint"]
+    by_axis = {h["held_out"]: h for h in joint["leave_largest_out"]}
+    assert set(by_axis) == {"N", "D"}
+    assert by_axis["N"]["value"] == LADDER["bert-large"][1]
+    assert all(h["mean_abs_relative_error"] < 0.1 for h in by_axis.values())
+    for curve in ladder[1].summary["fits"]["model_axis"]["curves"]:
+        assert curve["leave_largest_out"]["held_out"] == "N"
+    assert "leave-largest-out error" in ladder[1].paths["report.md"].read_text()
+
+
+def test_compute_optimal_allocation_for_a_flops_budget(ladder: Analysed) -> None:
+    optimal = ladder[1].summary["compute_optimal"]
+    assert optimal["flops_budget"] == FLOPS_BUDGET
+    (allocation,) = optimal["allocations"]
+    p = ladder[1].summary["fits"]["joint"][0]["fit"]["params"]
+    # C = 6 · N · examples · tokens per example · epochs.
+    nd = FLOPS_BUDGET / (6 * TOKENS_PER_EXAMPLE * EPOCHS)
+    a, b = p["alpha"], p["beta"]
+    n_star = (a * p["A"] / (b * p["B"])) ** (1 / (a + b)) * nd ** (b / (a + b))
+    assert allocation["params"] == pytest.approx(n_star, rel=1e-6)
+    assert allocation["examples"] == pytest.approx(nd / n_star, rel=1e-6)
+    assert allocation["error"] == pytest.approx(true_error(n_star, nd / n_star), abs=0.02)
+    for name in ("params", "examples", "error"):
+        low, high = allocation[f"{name}_ci95"]
+        assert low <= allocation[name] <= high
+    assert allocation["params_exponent"] + allocation["examples_exponent"] == pytest.approx(1.0)
+    assert "Compute-optimal allocation for 1.00e+15 FLOPs: N* = " in ladder[1].render_terminal()
+
+
+def test_an_n1_winner_is_caveated(make_experiment) -> None:
+    directory = make_experiment(workers=(1,), failed=(("bert-small", 1.0, 1, 1),))
+    answer = analyze(directory).summary["recommendation"]["model"]
+    assert answer["choice"] == "bert-small"
+    assert "(n = 1)" in answer["text"]
+    assert "bert-small rests on 1 seed: no spread of its own" in answer["text"]
+
+
+def test_a_model_whose_reference_cells_failed_is_read_at_more_workers(make_experiment) -> None:
+    failed = tuple(("bert-small", f, 1, s) for f in FRACTIONS for s in SEEDS)
+    result = analyze(make_experiment(workers=(1, 2), failed=failed))
+    summary = result.summary
+    assert [q["cell"]["data.train_fraction"] for q in summary["quality_workers"]] == list(FRACTIONS)
+    assert {q["workers"] for q in summary["quality_workers"]} == {2}
+    assert summary["quality_workers"][0]["reason"] == f"seed 0: {OOM}; seed 1: {OOM}"
+    # bert-small does not vanish: it has its data curve and is still the best model.
+    curves = {c["key"]["model"]: c for c in summary["fits"]["data_axis"]["curves"]}
+    assert curves["bert-small"]["fit"] is not None
+    answer = summary["recommendation"]["model"]
+    assert answer["choice"] == "bert-small"
+    assert "bert-small is read at 2 workers (none finished with 1)" in answer["text"]
+    assert (
+        f"Read at 2 workers: bert-small at 10 %, 30 %, 100 % data (at 1 worker: seed 0: {OOM}"
+        in result.render_terminal()
+    )
+
+
+def test_a_failed_full_data_cell_is_named_not_called_all_of_it(make_experiment) -> None:
+    failed = tuple(("bert-small", 1.0, w, s) for w in (1, 2) for s in SEEDS)
+    summary = analyze(make_experiment(workers=(1, 2), failed=failed)).summary
+    (absent,) = summary["absent_cells"]
+    assert absent["cell"] == {"model": "bert-small", "data.train_fraction": 1.0}
+    model = summary["recommendation"]["model"]
+    assert f"the 100 % cell of bert-small failed (1 worker, seed 0: {OOM}; 3 more)" in model["text"]
+    data = analyze(make_experiment("again", workers=(1, 2), failed=failed), model="bert-small")
+    text = data.summary["recommendation"]["data"]["text"]
+    assert "all of it" not in text
+    assert "the largest fraction that finished and learned, 30 %" in text
+    assert "the 100 % cell of bert-small failed" in text
+
+
+def test_cells_at_chance_are_left_out_of_the_fits(make_experiment) -> None:
+    at_chance = {("bert-tiny", 0.1, 1, s): 0.3 for s in SEEDS}
+    directory = make_experiment(workers=(1,), failed=(), chance=0.3, accuracy=at_chance)
+    result = analyze(directory)
+    summary = result.summary
+    (cell,) = summary["did_not_learn"]
+    assert (cell["model"], cell["data.train_fraction"], cell["chance"]) == ("bert-tiny", 0.1, 0.3)
+    assert "chance_accuracy in results.csv" in summary["chance"]["source"]
+    (joint,) = summary["fits"]["joint"]
+    assert joint["fit"]["n_points"] == 9 * len(SEEDS) - len(SEEDS)
+    tiny = {c["key"]["model"]: c for c in summary["fits"]["data_axis"]["curves"]}["bert-tiny"]
+    assert [p["x"] for p in tiny["did_not_learn"]] == [0.1 * FULL_TRAIN_EXAMPLES]
+    assert tiny["fit"] is None and "2 distinct D" in tiny["refusal"]
+    assert (
+        "Did not learn (within noise of chance; left out of the fits): bert-tiny at 10 % data"
+        in (result.render_terminal())
+    )
+    row = next(
+        c for c in summary["cells"] if c["model"] == "bert-tiny" and c["data.train_fraction"] == 0.1
+    )
+    assert row["learned"] is False
+    assert "did not learn" in result.paths["report.md"].read_text()
+
+
+def test_a_sweep_without_chance_columns_says_chance_is_unknown(analysed: Analysed) -> None:
+    summary = analysed[1].summary
+    assert summary["chance"]["source"].startswith("unknown for accuracy")
+    assert summary["did_not_learn"] == []
+
+
+def test_ties_within_seed_noise_go_to_the_smaller_model(make_experiment) -> None:
+    # bert-small 0.807 ± 0.110 against bert-mini 0.793 ± 0.006: not a real difference.
+    scores = {
+        ("bert-small", 1.0, 1, s): v for s, v in zip((0, 1, 2), (0.68, 0.87, 0.87), strict=True)
+    }
+    scores |= {
+        ("bert-mini", 1.0, 1, s): v for s, v in zip((0, 1, 2), (0.787, 0.793, 0.799), strict=True)
+    }
+    directory = make_experiment(
+        fractions=(1.0,), workers=(1,), seeds=(0, 1, 2), failed=(), accuracy=scores
+    )
+    answer = analyze(directory).summary["recommendation"]["model"]
+    assert answer["choice"] == "bert-mini"
+    assert "accuracy 0.7930 ± 0.0060 (n = 3)" in answer["text"]
+    assert "(best: bert-small, 0.8067 ± 0.1097 (n = 3), within seed noise)" in answer["text"]
+
+
+def test_one_lucky_small_fraction_does_not_cut_the_data(make_experiment) -> None:
+    # 6.25 % happens to match 100 %, while 50 % is 0.024 short of it.
+    fractions = (0.0625, 0.125, 0.25, 0.5, 1.0)
+    lucky = {("bert-small", 0.0625, 1, s): 0.726 for s in SEEDS}
+    directory = make_experiment(
+        models=("bert-small",), fractions=fractions, workers=(1,), failed=(), accuracy=lucky
+    )
+    answer = analyze(directory).summary["recommendation"]["data"]
+    assert answer["choice"] == 1.0
+    assert "6.25 % also came within ε, but a larger fraction did not" in answer["text"]
+
+
+def test_strong_scaling_is_corrected_for_many_comparisons(make_experiment) -> None:
+    directory = make_experiment(workers=(1, 2, 4, 8), failed=(), noise=0.01)
+    check = analyze(directory).summary["compute"]["strong_scaling"]
+    assert check["comparisons"] == 9 * 3
+    assert "Holm-corrected to a 5% family-wise error rate" in check["message"]
+    assert check["status"] == "ok"
+
+
+def test_local_model_directories_get_short_names(make_experiment) -> None:
+    names = {m: ("/data/checkpoints/minilm", k) for m, k in zip(MODELS, (2, 4, 6), strict=True)}
+    directory = make_experiment(workers=(1,), failed=(), names=names)
+    result = analyze(directory, model="minilm-L4")
+    summary = result.summary
+    assert sorted({c["model"] for c in summary["cells"]}) == ["minilm-L2", "minilm-L4", "minilm-L6"]
+    assert summary["models"]["minilm-L6"] == "/data/checkpoints/minilm"
+    assert summary["recommendation"]["model"]["choice"] == "minilm-L6"
+    assert summary["recommendation"]["data"]["text"]
+    assert "/data/checkpoints" not in result.render_terminal()
+    assert "/data/checkpoints" not in result.paths["report.md"].read_text()
+    with pytest.raises(AnalysisError, match=r"'/data/checkpoints/minilm' is 3 models here"):
+        analyze(directory, model="/data/checkpoints/minilm")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epsilon", "-1"], "epsilon must be ≥ 0, got -1.0"),
+        (["--epsilon", "nan"], "epsilon must be ≥ 0, got nan"),
+        (["--target", "80"], "target 80.0 is outside the range of accuracy (0 to 1); give it as"),
+        (["--flops-budget", "0"], "FLOPs budget must be a positive number, got 0.0"),
+        (["--price-per-gpu-hour", "inf"], "price per GPU-hour must be a positive number, got inf"),
+        (["--time-budget-s", "-5"], "time budget must be a positive number, got -5.0"),
+        (["--money-budget", "3"], "a money budget needs a price per GPU-hour"),
+        (["--metric", "bleu"], "metric 'bleu' is not in"),
+        (["--model", "bert-huge"], "model 'bert-huge' has no finished trial"),
+    ],
+)
+def test_out_of_range_options_are_one_line_errors(
+    make_experiment, capsys, monkeypatch, argv: list[str], message: str
+) -> None:
+    from orchestrator.cli import EXIT_USER_ERROR, main
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    directory = make_experiment(models=("bert-tiny",), fractions=(1.0,), workers=(1,))
+    assert main(["analyze", str(directory), *argv]) == EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {message}")
+
+
+def test_cli_passes_the_flops_budget(make_experiment, capsys, monkeypatch) -> None:
+    from orchestrator.cli import main
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    directory = make_experiment(workers=(1,), failed=())
+    assert main(["analyze", str(directory), "--flops-budget", "1e14"]) == 0
+    assert "Compute-optimal allocation for 100T FLOPs" in capsys.readouterr().out
+    summary = json.loads((directory / "analysis" / "summary.json").read_text())
+    assert summary["options"]["flops_budget"] == 1e14
 
 
 CHROMIUM = Path("/usr/bin/chromium")

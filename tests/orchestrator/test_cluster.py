@@ -21,6 +21,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from contract.config import ComputeConfig, TrialConfig
+from contract.rows import EpochRow
 from orchestrator.cli import main
 from orchestrator.cluster import (
     DRIVER_NODE_RESOURCE,
@@ -36,7 +38,6 @@ from orchestrator.cluster import (
     start_order,
     trial_gang,
 )
-from orchestrator.config import ComputeConfig, TrialConfig
 from orchestrator.experiment import ExperimentDir, TrialRecord
 from orchestrator.plan import plan_rows
 from orchestrator.resource_plan import BENCHMARKED, measured_throughput
@@ -600,15 +601,28 @@ def _previous_sweep(tmp_path: Path) -> tuple[Path, object]:
     experiment = ExperimentDir(tmp_path / "experiments" / "prev")  # where `run` puts it
     experiment.create(spec)
     row = plan_rows(spec)[0]
-    history = {
-        "epoch": 2,
-        "eval_accuracy": 0.5,
-        "examples_per_s": 100.0,
-        "tokens_per_s": 3000.0,  # 30 tokens per example
-        "train_time_s": 20.0,  # 2 epochs x 1000 examples / 100 per s
-        "params_non_embedding": row.params_non_embedding,
-        "params_total": row.params_total,
-    }
+    history = EpochRow(
+        epoch=2,
+        train_loss=0.69,
+        eval_loss=0.69,
+        eval_accuracy=0.5,
+        examples_per_s=100.0,
+        tokens_per_s=3000.0,  # 30 tokens per example
+        epoch_time_s=10.0,
+        eval_time_s=1.0,
+        train_time_s=20.0,  # 2 epochs x 1000 examples / 100 per s
+        examples_seen=2000,
+        train_tokens=60000,
+        lr=0.0,
+        worker_pid=1,
+        params_total=row.params_total,
+        params_non_embedding=row.params_non_embedding,
+        train_examples=1000,
+        global_batch=8,
+        per_worker_batch=8,
+        accumulation_steps=1,
+        restarts=0,
+    )
     record = TrialRecord("t1", spec.trials[0].model_dump(mode="json"), "TERMINATED")
     record.history, record.wall_s = [history], 35.0
     experiment.write_results([record])

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.config import DataConfig
 from orchestrator.cli import main
-from orchestrator.config import DataConfig
 from orchestrator.plan import bert_parameter_counts, plan_rows, train_split_size
 from orchestrator.spec import SpecError, load_spec
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.config import BatchScaling, ComputeConfig
 from orchestrator.cli import main
-from orchestrator.config import BatchScaling, ComputeConfig
 from orchestrator.spec import SpecError, load_spec, parse_override
 
 GOOD = """

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import wandb
 
+from contract.tracking import WandbMode, run_id
 from orchestrator.cli import main
 from orchestrator.errors import UserError
 from orchestrator.spec import load_spec
-from orchestrator.wandb_config import WandbMode, run_id
-from orchestrator.wandb_files import find_run_files, read_run
-from orchestrator.wandb_views import SweepTracking, describe_runs, sync_runs
+from orchestrator.wandb.offline import find_run_files, read_run
+from orchestrator.wandb.views import SweepTracking, describe_runs, sync_runs
 from tests.orchestrator.test_analysis_analyze import write_experiment  # the runner's format
 
 SPACE = """

@@ -6,12 +6,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pandas as pd
 import pytest
 from transformers import AutoTokenizer
 
-from orchestrator.config import GLUE_FILES, DataConfig
+from contract.config import GLUE_FILES, DataConfig
 from trainables import data
 from trainables.data import load_task_data, nested_subset, synthetic_pairs, tokenize_cached
 
@@ -42,7 +43,7 @@ def test_mrpc_counts_and_text_are_exact():
     assert Counter(task.validation["label"]) == {1: 279, 0: 129}
     assert task.text_columns == ("text_a", "text_b")
     assert (task.num_labels, task.problem_type) == (2, "classification")
-    assert task.metric_names == ("accuracy", "f1")
+    assert task.metric_names == ("f1", "accuracy")  # F1 first: it ranks MRPC trials
     assert task.train[0] == {
         "text_a": 'Amrozi accused his brother, whom he called "the witness", of deliberately '
         "distorting his evidence.",
@@ -335,6 +336,45 @@ def test_nested_subsets_are_nested_and_sized():
     other = nested_subset(rows, DataConfig(train_fraction=0.1), seed=8)
     first = nested_subset(rows, DataConfig(train_fraction=0.1), seed=7)
     assert list(other["text_a"]) != list(first["text_a"])
+    again = nested_subset(rows, DataConfig(train_fraction=0.1), seed=7)
+    assert list(again["text_a"]) == list(first["text_a"])
+
+
+def _labelled(labels: np.ndarray, column: str = "label") -> datasets.Dataset:
+    return datasets.Dataset.from_dict({"idx": np.arange(labels.size), column: labels})
+
+
+def test_nested_subsets_keep_the_class_mix_at_every_size():
+    # 70 % / 28 % / 2 %: at 50 examples the rare class is one example, for every seed.
+    labels = np.repeat([0, 1, 2], [1400, 560, 40])
+    rng = np.random.default_rng(0)
+    dataset = _labelled(rng.permutation(labels))
+    share = np.bincount(labels) / labels.size
+    for seed in range(20):
+        previous: set[int] = set()
+        for fraction in (0.025, 0.05, 0.1, 0.25, 1.0):
+            subset = nested_subset(dataset, DataConfig(train_fraction=fraction), seed=seed)
+            counts = np.bincount(subset["label"], minlength=3)
+            assert np.all(np.abs(counts - share * len(subset)) <= 2), (seed, fraction, counts)
+            ids = set(subset["idx"])
+            assert previous <= ids
+            previous = ids
+    # Which examples of a class are taken still depends on the seed.
+    picks = {
+        tuple(nested_subset(dataset, DataConfig(train_fraction=0.1), s)["idx"]) for s in (1, 2)
+    }
+    assert len(picks) == 2
+
+
+def test_nested_subsets_of_tokenized_splits_and_of_scores():
+    # Tokenized splits call the column "labels"; regression scores are a plain permutation.
+    tokenized = _labelled(np.repeat([0, 1], [90, 10]), column="labels")
+    subset = nested_subset(tokenized, DataConfig(train_fraction=0.2), seed=3)
+    assert sorted(np.bincount(subset["labels"])) == [2, 18]
+    scores = _labelled(np.linspace(0.0, 5.0, 100))
+    first = nested_subset(scores, DataConfig(train_fraction=0.3), seed=3)
+    assert len(first) == 30
+    assert list(first["idx"]) == list(np.random.default_rng(3).permutation(100)[:30])
 
 
 # --- tokenisation cache ----------------------------------------------------------------------

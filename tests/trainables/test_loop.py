@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.config import TrialConfig
-from trainables.loop import build_optimizer, fit
+from contract.config import TrialConfig
+from contract.rows import EpochRow
+from trainables.loop import LoopCallbacks, build_optimizer, fit
 from trainables.models import build_model
 
 GLUE_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
@@ -34,66 +35,72 @@ TINY = {
 }
 
 
+class Recorder(LoopCallbacks):
+    """Keeps every epoch's row and (serialised, as Ray does) its training state."""
+
+    def __init__(self) -> None:
+        self.rows: list[EpochRow] = []
+        self.states: list[bytes] = []
+        self.steps = 0
+
+    def on_step(self, progress, meter, lr) -> None:
+        self.steps += 1
+
+    def on_epoch(self, row, recipe) -> None:
+        self.rows.append(row)
+        buffer = io.BytesIO()  # the state shares the live tensors: serialise it now
+        torch.save(recipe.state_dict(), buffer)
+        self.states.append(buffer.getvalue())
+
+
 def test_fit_reports_every_epoch_and_returns_the_last(tmp_path):
-    rows = []
-    final = fit(
-        TrialConfig.model_validate(TINY),
-        report=lambda row, state: rows.append(row),
-        cache_dir=tmp_path,
-    )
-    assert [r["epoch"] for r in rows] == [1, 2]
+    recorder = Recorder()
+    final = fit(TrialConfig.model_validate(TINY), callbacks=[recorder], cache_dir=tmp_path)
+    rows = recorder.rows
+    assert [r.epoch for r in rows] == [1, 2]
     assert final == rows[-1]
-    for key in (
-        "train_loss",
-        "eval_loss",
-        "eval_accuracy",
-        "eval_f1",
-        "examples_per_s",
-        "tokens_per_s",
-        "epoch_time_s",
-        "train_time_s",
-        "examples_seen",
-        "train_tokens",
-    ):
-        assert key in final
-    assert final["examples_seen"] == 2 * 240
-    assert final["accumulation_steps"] == 2 and final["per_worker_batch"] == 16
-    assert final["train_time_s"] == pytest.approx(sum(r["epoch_time_s"] for r in rows))
-    assert final["lr"] == 0.0  # linear decay ends at zero
+    assert recorder.steps == 2 * 240 // 16  # one on_step per optimizer step
+    assert final.eval_accuracy is not None and final.eval_f1 is not None
+    assert final.eval_pearson is None  # not a regression task
+    assert final.examples_seen == 2 * 240
+    assert final.accumulation_steps == 2 and final.per_worker_batch == 16
+    assert final.train_time_s == pytest.approx(sum(r.epoch_time_s for r in rows))
+    assert final.lr == 0.0  # linear decay ends at zero
+    # Balanced synthetic labels: chance accuracy is one half, chance F1 that of always 1.
+    assert final.chance_accuracy == pytest.approx(0.5, abs=0.06)
+    p = final.chance_accuracy
+    assert final.chance_f1 == pytest.approx(max(2 * p / (1 + p), 2 * (1 - p) / (2 - p)), abs=0.1)
 
 
-def test_same_seed_same_metrics(tmp_path):
+def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
     trial = TrialConfig.model_validate({**TINY, "train": {**TINY["train"], "epochs": 1}})
     first = fit(trial, cache_dir=tmp_path)
     second = fit(trial, cache_dir=tmp_path)
     for key in ("train_loss", "eval_loss", "eval_accuracy", "train_tokens"):
-        assert first[key] == second[key]
+        assert getattr(first, key) == getattr(second, key)
+    # The seed reaches the model's initialisation and the batch order: a constant would not.
+    reseeded = trial.model_copy(update={"train": trial.train.model_copy(update={"seed": 4})})
+    other = fit(reseeded, cache_dir=tmp_path)
+    assert (other.train_loss, other.eval_loss) != (first.train_loss, first.eval_loss)
 
 
 def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tmp_path):
     trial = TrialConfig.model_validate({**TINY, "train": {**TINY["train"], "epochs": 3}})
-    rows, states = [], []
-
-    def keep(row, state):
-        rows.append(row)
-        buffer = io.BytesIO()  # the state shares the live tensors: serialise it, as Ray does
-        torch.save(state, buffer)
-        states.append(buffer.getvalue())
-
-    uninterrupted = fit(trial, report=keep, cache_dir=tmp_path)
-    assert all(state is not None for state in states)  # checkpoint_every_epochs defaults to 1
-    resumed_rows = []
+    first = Recorder()
+    uninterrupted = fit(trial, callbacks=[first], cache_dir=tmp_path)
+    second = Recorder()
     resumed = fit(
         trial,
-        report=lambda row, state: resumed_rows.append(row),
+        callbacks=[second],
         cache_dir=tmp_path,
-        resume_from=torch.load(io.BytesIO(states[0]), weights_only=True),
+        resume_from=torch.load(io.BytesIO(first.states[0]), weights_only=True),
     )
-    assert [r["epoch"] for r in resumed_rows] == [2, 3]  # no epoch twice, none missing
-    assert resumed["restarts"] == 1 and uninterrupted["restarts"] == 0
-    assert resumed["examples_seen"] == uninterrupted["examples_seen"]
+    assert [r.epoch for r in second.rows] == [2, 3]  # no epoch twice, none missing
+    assert resumed.restarts == 1 and uninterrupted.restarts == 0
+    assert resumed.examples_seen == uninterrupted.examples_seen
+    # Dropout after the restart draws what it would have: the RNG state came back too.
     for key in ("train_loss", "eval_loss", "eval_accuracy"):
-        assert resumed[key] == pytest.approx(uninterrupted[key], abs=1e-6)
+        assert getattr(resumed, key) == pytest.approx(getattr(uninterrupted, key), abs=1e-6)
 
 
 @pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"GLUE files not at {GLUE_DIR}")
@@ -115,8 +122,9 @@ def test_pretrained_minilm_on_mrpc_beats_the_majority_class(tmp_path):
         }
     )
     final = fit(trial, cache_dir=tmp_path)
-    assert final["train_examples"] == 917
-    assert final["eval_accuracy"] > 0.684
+    assert final.train_examples == 917
+    assert final.chance_accuracy == pytest.approx(279 / 408)
+    assert final.eval_accuracy > final.chance_accuracy
 
 
 def test_fused_adamw_takes_the_same_steps_as_the_reference_loop(monkeypatch):

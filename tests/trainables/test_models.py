@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.config import DataConfig, ModelConfig
+from contract.config import DataConfig, ModelConfig
 from orchestrator.plan import bert_parameter_counts
 from trainables.data import load_task_data
 from trainables.models import build_model, build_tokenizer, count_parameters

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import datasets
 import numpy as np
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
-from orchestrator.config import TrialConfig
+from contract.config import TrialConfig
 from trainables.data import load_task_data, tokenize_cached
-from trainables.loop import build_dataloaders, evaluate
-from trainables.metrics import build_metrics
-from trainables.models import build_model, build_tokenizer
+from trainables.loop import FineTuneRecipe
 from trainables.sampling import LengthGroupedSampler, sequence_lengths
 
 LENGTHS = np.random.default_rng(0).integers(5, 120, size=437)
@@ -107,34 +102,18 @@ def test_sorting_the_validation_set_leaves_the_scores_unchanged(tmp_path):
             "data": {"synthetic_train_size": 40, "synthetic_validation_size": 150},
         }
     )
-    task = load_task_data(trial.data)
-    tokenizer = build_tokenizer(trial.model, task, tmp_path)
-    _, by_length = build_dataloaders(trial, task, tokenizer, tmp_path, torch.device("cpu"))
-    _, validation = tokenize_cached(task, tokenizer, trial.data.max_length, tmp_path)
-    in_file_order = DataLoader(
-        validation, batch_size=by_length.batch_size, collate_fn=by_length.collate_fn
+    recipe = FineTuneRecipe(trial, cache_dir=tmp_path)
+    recipe.setup()
+    by_length = recipe.evaluate()
+    _, validation = tokenize_cached(
+        load_task_data(trial.data), recipe.tokenizer, trial.data.max_length, tmp_path
     )
-    torch.manual_seed(0)
-    model = build_model(
-        trial.model,
-        num_labels=2,
-        problem_type="classification",
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
+    loader = recipe.eval_loader
+    assert sequence_lengths(loader.dataset).tolist() != sequence_lengths(validation).tolist()
+    recipe.eval_loader = DataLoader(
+        validation, batch_size=loader.batch_size, collate_fn=loader.collate_fn
     )
-    scores = [
-        evaluate(
-            model,
-            loader,
-            torch.device("cpu"),
-            nullcontext,
-            build_metrics(task.metric_names),
-            task.problem_type,
-        )
-        for loader in (by_length, in_file_order)
-    ]
-    assert scores[0]["eval_accuracy"] == scores[1]["eval_accuracy"]
-    assert scores[0]["eval_f1"] == scores[1]["eval_f1"]
-    assert scores[0]["eval_loss"] == pytest.approx(scores[1]["eval_loss"], rel=1e-5)
-    padded = [sum(b["input_ids"].numel() for b in loader) for loader in (by_length, in_file_order)]
-    assert padded[0] < padded[1]
+    in_file_order = recipe.evaluate()
+    assert by_length["eval_accuracy"] == in_file_order["eval_accuracy"]
+    assert by_length["eval_f1"] == in_file_order["eval_f1"]
+    assert by_length["eval_loss"] == pytest.approx(in_file_order["eval_loss"], rel=1e-5)

@@ -8,10 +8,11 @@ import pytest
 import wandb
 
 import trainables.tracking
-from orchestrator.config import TrialConfig
-from orchestrator.wandb_config import TrialTracking, WandbMode
-from orchestrator.wandb_files import find_run_files, read_run
-from trainables.loop import fit
+from contract.config import TrialConfig
+from contract.rows import EpochRow
+from contract.tracking import TrialTracking, WandbMode
+from orchestrator.wandb.offline import find_run_files, read_run
+from trainables.loop import Progress, fit
 from trainables.tracking import TrialTracker
 
 TRIAL = TrialConfig.model_validate(
@@ -39,43 +40,60 @@ def tracking(tmp_path):
     ).for_trial("abcde_00001", started_at=time.time() - 5)
 
 
+class Meter:
+    """The loop's running sums of an epoch, as a fixed script: a loss of 0.5 per example,
+    10 tokens per example, 16 examples per step, one step per half second."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def totals(self) -> tuple[float, int, int]:
+        examples = EXAMPLES_PER_STEP * self.steps
+        return 0.5 * examples, examples, 10 * examples
+
+    def seconds(self) -> float:
+        return 0.5 * self.steps
+
+
+def row(epoch: int, accuracy: float) -> EpochRow:
+    examples = epoch * STEPS_PER_EPOCH * EXAMPLES_PER_STEP
+    return EpochRow(
+        epoch=epoch,
+        train_loss=0.5,
+        eval_loss=0.7,
+        eval_accuracy=accuracy,
+        eval_f1=0.6,
+        examples_per_s=32.0,
+        tokens_per_s=320.0,
+        epoch_time_s=2.0,
+        eval_time_s=0.1,
+        train_time_s=epoch * 2.0,
+        examples_seen=examples,
+        train_tokens=10 * examples,
+        lr=0.0,
+        worker_pid=1,
+        params_total=1000,
+        params_non_embedding=600,
+        train_examples=64,
+        global_batch=16,
+        per_worker_batch=8,
+        accumulation_steps=1,
+        restarts=0,
+    )
+
+
 def play(tracker: TrialTracker, epochs: range, accuracies: list[float]) -> None:
-    """Drive the tracker as the loop does: a step hook per step, a report per epoch."""
-    report = tracker.report(None)
+    """Drive the tracker as the loop does: on_step after every step, on_epoch per epoch."""
     for epoch in epochs:
-        before = (epoch - 1) * STEPS_PER_EPOCH * EXAMPLES_PER_STEP
+        before = Progress(
+            epoch=epoch - 1,
+            examples_seen=(epoch - 1) * STEPS_PER_EPOCH * EXAMPLES_PER_STEP,
+            train_time_s=(epoch - 1) * 2.0,
+        )
         for i in range(1, STEPS_PER_EPOCH + 1):
-            tracker.on_step(
-                {
-                    "step": (epoch - 1) * STEPS_PER_EPOCH + i,
-                    "epoch": epoch,
-                    "examples_seen": before,
-                    "train_time_s": (epoch - 1) * 2.0,
-                    "loss_sum": 0.5 * EXAMPLES_PER_STEP * i,  # a loss of 0.5 per example
-                    "examples": EXAMPLES_PER_STEP * i,
-                    "tokens": 10 * EXAMPLES_PER_STEP * i,
-                    "seconds": 0.5 * i,
-                    "lr": 1e-3 / i,
-                }
-            )
-        row = {
-            "epoch": epoch,
-            "train_loss": 0.5,
-            "eval_loss": 0.7,
-            "eval_accuracy": accuracies[epoch - 1],
-            "eval_f1": 0.6,
-            "examples_per_s": 32.0,
-            "tokens_per_s": 320.0,
-            "epoch_time_s": 2.0,
-            "eval_time_s": 0.1,
-            "train_time_s": epoch * 2.0,
-            "examples_seen": before + STEPS_PER_EPOCH * EXAMPLES_PER_STEP,
-            "lr": 0.0,
-            "params_total": 1000,
-            "params_non_embedding": 600,
-            "train_examples": 64,
-        }
-        report(row, None)
+            before.step = (epoch - 1) * STEPS_PER_EPOCH + i
+            tracker.on_step(before, Meter(i), 1e-3 / i)
+        tracker.on_epoch(row(epoch, accuracies[epoch - 1]))
 
 
 def runs(tmp_path):
@@ -151,9 +169,9 @@ def test_a_failing_trial_is_marked_failed(tmp_path, tracking):
 
 def test_other_ranks_open_no_run_but_join_every_reduce(tmp_path, tracking, monkeypatch):
     reduces = []
-    monkeypatch.setattr(trainables.tracking, "_world", lambda: (1, 2))
+    monkeypatch.setattr(trainables.tracking, "rank_and_world", lambda: (1, 2))
     monkeypatch.setattr(
-        trainables.tracking, "_all_reduce", lambda values, op="sum": reduces.append(op) or values
+        trainables.tracking, "all_reduce", lambda values, op="sum": reduces.append(op) or values
     )
     with TrialTracker(tracking, TRIAL) as tracker:
         assert tracker.run is None
@@ -172,15 +190,9 @@ def test_wandb_failures_are_warnings_and_the_trial_trains_on(
     trial = TrialConfig.model_validate(
         TRIAL.model_dump() | {"compute": {"global_batch_size": 16}, "train": {"epochs": 1}}
     )
-    rows = []
     with TrialTracker(tracking, trial) as tracker:
-        final = fit(
-            trial,
-            report=tracker.report(lambda row, state: rows.append(row)),
-            cache_dir=tmp_path / "cache",
-            on_step=tracker.on_step,
-        )
-    assert final == rows[-1] and final["epoch"] == 1
+        final = fit(trial, callbacks=[tracker], cache_dir=tmp_path / "cache")
+    assert final == tracker.rows[-1] and final.epoch == 1
     err = capsys.readouterr().err
     assert (
         "warning: W&B: cannot start run sweep-1a2b3c-abcde_00001 (offline): quota exceeded" in err

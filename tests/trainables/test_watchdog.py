@@ -16,13 +16,16 @@ def _busy(seconds: float, dog: ProgressWatchdog | None = None) -> None:
         time.sleep(0.01)
         step += 1
         if dog:
-            dog.beat({"step": step, "epoch": 1})
+            dog.beat(f"after step {step} of epoch 1")
 
 
-def test_no_beats_raise_in_the_watched_thread():
+def test_no_beats_raise_in_the_watched_thread_and_log_why(caplog):
     with pytest.raises(NoProgressError), ProgressWatchdog(0.2) as dog:
         _busy(30)  # far longer than the timeout: only the watchdog ends it
     assert dog.fired and dog.stalled()
+    # Logged when it fired: a thread stuck in C code may never raise, and NCCL may end the
+    # process at its own timeout, but the worker's log says why.
+    assert "no progress for 0.2 s" in caplog.text
 
 
 def test_beats_keep_it_quiet_and_say_where_training_was():

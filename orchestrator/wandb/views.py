@@ -29,17 +29,9 @@ from pydantic import ValidationError
 
 from orchestrator.errors import UserError
 from orchestrator.experiment import ExperimentDir
-from orchestrator.wandb_config import (
-    TrialTracking,
-    WandbConfig,
-    WandbMode,
-    has_credentials,
-    open_run,
-    run_id,
-    wandb_environment,
-    warn,
-)
-from orchestrator.wandb_files import RunFile, RunLog, find_run_files, read_run
+from contract.tracking import TrialTracking, WandbMode, open_run, run_id, warn
+from orchestrator.wandb.settings import WandbConfig, has_credentials, wandb_environment
+from orchestrator.wandb.offline import RunFile, RunLog, find_run_files, read_run
 
 if TYPE_CHECKING:
     from orchestrator.analysis import AnalysisResult
@@ -235,54 +227,14 @@ def _scaling_charts(experiment: Path) -> dict[str, Any]:
     """The analysis' scaling views as W&B line charts; none before a trial has finished."""
     import wandb
 
-    # The analysis' own tidy table and speed-ups: the charts show the same numbers as its plots.
-    from orchestrator.analysis import AnalysisError
-    from orchestrator.analysis._compute import speedups
-    from orchestrator.analysis._curves import groups
-    from orchestrator.analysis._table import (
-        DATA,
-        MODEL,
-        WORKERS,
-        build_table,
-        load_experiment,
-        resolve_metric,
-    )
+    from orchestrator.analysis import scaling_series  # pandas/scipy: only when W&B is on
 
-    try:
-        loaded = load_experiment(experiment)
-        table = build_table(loaded, resolve_metric(loaded, None))
-    except AnalysisError:
-        return {}
-
-    def lines(frame: pd.DataFrame, series: list[str], x: str, y: str, title: str) -> Any:
-        xs, ys, keys = [], [], []
-        for key, group in groups(frame, [*series, *table.extra_axes]):
-            group = group.sort_values(x)
-            xs.append(group[x].astype(float).tolist())
-            ys.append(group[y].astype(float).tolist())
-            keys.append(", ".join(f"{k}={v}" for k, v in key.items()) or y)
-        return wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=title, xname=x)
-
-    metric = f"eval {table.metric.name}"
-    quality = table.cells[table.cells[WORKERS] == table.reference_workers]
-    charts = {}
-    if quality[MODEL].nunique() > 1:
-        charts["scaling/metric_vs_params"] = lines(
-            quality, [DATA], "params", "metric_mean", f"{metric} vs non-embedding parameters"
+    return {
+        f"scaling/{s.name}": wandb.plot.line_series(
+            xs=s.xs, ys=s.ys, keys=s.keys, title=s.title, xname=s.x_name
         )
-    if quality[DATA].nunique() > 1:
-        charts["scaling/metric_vs_train_examples"] = lines(
-            quality, [MODEL], "train_examples", "metric_mean", f"{metric} vs training examples"
-        )
-    if table.cells[WORKERS].nunique() > 1:
-        compute = speedups(table)
-        charts["scaling/train_time_vs_workers"] = lines(
-            compute, [MODEL, DATA], WORKERS, "train_time_s", "training time (s) vs workers"
-        )
-        charts["scaling/speedup_vs_workers"] = lines(
-            compute, [MODEL, DATA], WORKERS, "speedup_train_time_s", "speed-up vs workers"
-        )
-    return charts
+        for s in scaling_series(experiment)
+    }
 
 
 def _analysis_config(experiment: Path, mode: str | None) -> WandbConfig:

@@ -3,6 +3,7 @@
 Pure Python (pydantic only): the orchestrator validates search-space files into these objects,
 and the trainables rebuild them from the plain dict a Tune trial receives. Derived numbers
 (per-worker batch, accumulation steps) are methods, never stored, so what is logged is what ran.
+GLUE_FILES is the one table of what each GLUE task is: its files, label count and metrics.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "Precision",
     "TrainConfig",
     "TrialConfig",
+    "describe_resources",
 ]
 
 
@@ -56,15 +58,18 @@ BERT_LADDER: dict[str, LadderEntry] = {
 
 
 class GlueFiles(_Frozen):
-    """Where a GLUE task lives in the standard ``glue_data`` layout, and its label count."""
+    """A GLUE task: where it lives in the standard ``glue_data`` layout, its label count, and the
+    metrics it is scored with (the first one ranks trials: the task's customary headline)."""
 
     directory: str
     validation_file: str
     has_header: bool
     num_labels: int
     train_size: int  # official row count, for planning when the data comes from the hub
+    metrics: tuple[str, ...]
 
 
+_PAIR_METRICS = ("f1", "accuracy")  # MRPC and QQP: F1 ranks, as in the GLUE leaderboard
 GLUE_FILES: dict[str, GlueFiles] = {
     task: GlueFiles(
         directory=directory,
@@ -72,17 +77,18 @@ GLUE_FILES: dict[str, GlueFiles] = {
         has_header=task != "cola",
         num_labels=num_labels,
         train_size=train_size,
+        metrics=metrics,
     )
-    for task, directory, validation_file, num_labels, train_size in [
-        ("cola", "CoLA", "dev.tsv", 2, 8551),
-        ("sst2", "SST-2", "dev.tsv", 2, 67349),
-        ("mrpc", "MRPC", "dev.tsv", 2, 3668),
-        ("stsb", "STS-B", "dev.tsv", 1, 5749),
-        ("qqp", "QQP", "dev.tsv", 2, 363846),
-        ("mnli", "MNLI", "dev_matched.tsv", 3, 392702),
-        ("qnli", "QNLI", "dev.tsv", 2, 104743),
-        ("rte", "RTE", "dev.tsv", 2, 2490),
-        ("wnli", "WNLI", "dev.tsv", 2, 635),
+    for task, directory, validation_file, num_labels, train_size, metrics in [
+        ("cola", "CoLA", "dev.tsv", 2, 8551, ("matthews_correlation", "accuracy")),
+        ("sst2", "SST-2", "dev.tsv", 2, 67349, ("accuracy",)),
+        ("mrpc", "MRPC", "dev.tsv", 2, 3668, _PAIR_METRICS),
+        ("stsb", "STS-B", "dev.tsv", 1, 5749, ("pearson", "spearmanr")),
+        ("qqp", "QQP", "dev.tsv", 2, 363846, _PAIR_METRICS),
+        ("mnli", "MNLI", "dev_matched.tsv", 3, 392702, ("accuracy",)),
+        ("qnli", "QNLI", "dev.tsv", 2, 104743, ("accuracy",)),
+        ("rte", "RTE", "dev.tsv", 2, 2490, ("accuracy",)),
+        ("wnli", "WNLI", "dev.tsv", 2, 635, ("accuracy",)),
     ]
 }
 GLUE_TASKS = tuple(GLUE_FILES)
@@ -161,6 +167,11 @@ class DataConfig(_Frozen):
                 raise ValueError("source 'files' needs text_columns: one or two column names")
         return self
 
+    def source_key(self) -> str:
+        """What identifies the examples themselves: every setting but the subset fraction and
+        the tokenised length, so trials that read the same data share one load."""
+        return self.model_dump_json(exclude={"train_fraction", "max_length"})
+
     def subset_size(self, full_size: int) -> int:
         """Training examples a trial uses: the first ``train_fraction`` of a seeded permutation."""
         return max(1, round(self.train_fraction * full_size))
@@ -206,6 +217,13 @@ class ComputeConfig(_Frozen):
                 )
         elif self.per_worker_batch_size is None:
             raise ValueError("batch_scaling 'weak' needs per_worker_batch_size")
+        if self.use_gpu and self.num_workers > 1 and self.gpus_per_worker < 1:
+            # NCCL refuses two ranks on one device ("Duplicate GPU detected").
+            raise ValueError(
+                f"gpus_per_worker {self.gpus_per_worker:g} with {self.num_workers} workers would "
+                "put two DDP ranks on one GPU, which NCCL refuses; use gpus_per_worker >= 1, "
+                "or one worker"
+            )
         micro = self.max_micro_batch_size
         if micro is not None and self.per_worker_batch() % micro:
             raise ValueError(
@@ -310,8 +328,11 @@ class TrialConfig(_Frozen):
 
     def primary_metric(self) -> str:
         """The metric that ranks trials: the task's customary headline number."""
-        if self.data.problem_type == "regression" or self.data.task == "stsb":
-            return "pearson"
-        return {"cola": "matthews_correlation", "mrpc": "f1", "qqp": "f1"}.get(
-            self.data.task or "", "accuracy"
-        )
+        if self.data.source == "glue":
+            return GLUE_FILES[self.data.task].metrics[0]
+        return "pearson" if self.data.problem_type == "regression" else "accuracy"
+
+
+def describe_resources(resources: dict[str, float]) -> str:
+    """Ray resources as people read them: ``4 CPU, 1 GPU``."""
+    return ", ".join(f"{amount:g} {name}" for name, amount in resources.items())

@@ -9,13 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from contract.tracking import TrialTracking, WandbMode
 from orchestrator.spec import SpecError, load_spec
-from orchestrator.wandb_config import (
-    TrialTracking,
-    WandbMode,
-    has_credentials,
-    wandb_environment,
-)
+from orchestrator.wandb.settings import has_credentials, wandb_environment
 
 BASE = """
 name: demo
