@@ -164,8 +164,8 @@ def test_plan_on_the_connected_cluster_reports_admission_and_flags_what_never_fi
         "plan", space, "axes.compute.num_workers=[3]", "--address", cluster.address
     )
     assert captured.returncode == 2
-    assert "3 workers need 3 CPU at once, and only 2 such workers fit" in captured.out
-    assert captured.err.startswith("error: 1 trial(s) can never be placed on cluster at")
+    assert "3 workers need 3 CPU at once, and only 2 such workers fit" in captured.stdout
+    assert captured.stderr.startswith("error: 1 trial(s) can never be placed on cluster at")
 
 
 def test_a_sweep_submitted_as_a_ray_job_runs_on_the_cluster(two_nodes, tmp_path):
