@@ -10,7 +10,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from contract.rows import EpochRow
 from orchestrator.cli import main
 from orchestrator.experiment import HOME_FILE, ExperimentDir, Ledger
 from orchestrator.spec import load_spec
@@ -25,31 +24,6 @@ from orchestrator.storage import (
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "fixtures" / "quickstart_experiment"
 TRIAL = "t_00000"
-
-
-def _row(epoch: int) -> EpochRow:
-    return EpochRow(
-        epoch=epoch,
-        train_loss=0.7,
-        eval_loss=0.69,
-        eval_accuracy=0.5 + epoch / 10,
-        examples_per_s=100.0,
-        tokens_per_s=1000.0,
-        epoch_time_s=1.0,
-        eval_time_s=0.1,
-        train_time_s=float(epoch),
-        examples_seen=100 * epoch,
-        train_tokens=1000 * epoch,
-        lr=1e-3,
-        worker_pid=7,
-        params_total=10,
-        params_non_embedding=5,
-        train_examples=100,
-        global_batch=32,
-        per_worker_batch=32,
-        accumulation_steps=1,
-        restarts=0,
-    )
 
 
 def _spec(tmp_path: Path):
@@ -89,7 +63,7 @@ def test_a_store_replaces_whole_files_and_lists_what_it_holds(tmp_path, kind):
         store.read("c.csv")
 
 
-def test_every_write_lands_in_the_home_as_it_happens(tmp_path, s3):
+def test_every_write_lands_in_the_home_as_it_happens(tmp_path, s3, epoch_row):
     home = f"{s3.uri}/sweeps/w"
     experiment = ExperimentDir(tmp_path / "w", home=home)
     experiment.create(_spec(tmp_path))
@@ -98,8 +72,8 @@ def test_every_write_lands_in_the_home_as_it_happens(tmp_path, s3):
     remote = open_store(home)
     ledger.start(TRIAL, config)
     assert remote.read("results.csv") == experiment.results_csv.read_bytes()
-    ledger.add_row(TRIAL, config, _row(1))
-    ledger.add_row(TRIAL, config, _row(2))
+    ledger.add_row(TRIAL, config, epoch_row(epoch=1))
+    ledger.add_row(TRIAL, config, epoch_row(epoch=2))
     lines = remote.read(f"trials/{TRIAL}/history.jsonl").decode().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]  # appended = rewritten whole
     ledger.fail(TRIAL, config, "Traceback\nValueError: boom")
