@@ -53,15 +53,15 @@ STATUS_COLUMNS = ("trial_id", "label", "status", "error")
 # The ledger's own columns that every results.csv has had: the trial's resources and wall time.
 TRIAL_COLUMNS = ("use_gpu", "gpus_per_worker", "trial_wall_s")
 FINISHED, FAILED, RUNNING, INTERRUPTED = "TERMINATED", "ERROR", "RUNNING", "INTERRUPTED"
-# In a working copy: the URI of its home (local only, never copied there).
-HOME_FILE = ".home"
+# In a working copy, local only: the URI of its home; the files the home has not got yet.
+HOME_FILE, UNSAVED_FILE = ".home", ".unsaved"
 RETRY_S = 30.0  # after a write the home refused, the next attempt
 
 
 def _mirrored(name: str) -> bool:
     """The files of an experiment's home that a working copy needs: not Tune's and Train's
     state, not W&B's run files (sweep.json, their name, is needed), no half-written file."""
-    if name.split("/")[0] in ("tune", "train") or name.endswith(".tmp") or name == HOME_FILE:
+    if name.split("/")[0] in ("tune", "train") or name.endswith(".tmp") or name.startswith("."):
         return False
     return not name.startswith("wandb/") or name.count("/") == 1
 
@@ -136,25 +136,27 @@ class ExperimentDir:
     ``path`` is the local directory. With a ``home`` (a URI: the sweep's storage_path is one) it
     is the working copy of the experiment that lives there: every write lands in both, as it
     happens (``write_file``), so the home holds the whole directory at any moment; Tune's and
-    Train's state is there too (``tune/``, ``train/``). A working copy remembers its home in a
-    local file, so ``ExperimentDir(path)`` finds it again.
+    Train's state is there too (``tune/``, ``train/``). A working copy remembers its home, and
+    any file the home has not got yet, in local files of its own (never copied there).
     """
 
     def __init__(self, path: str | Path, *, home: str | None = None) -> None:
         self.path = Path(path).resolve()
-        marker = self.path / HOME_FILE
-        if home is None and marker.is_file():
-            home = marker.read_text().strip()
-        self.home = home
         self._local = LocalStore(self.path)
+        if home is None and self._local.exists(HOME_FILE):
+            home = self._local.read(HOME_FILE).decode().strip()
+        self.home = home
         self._remote = ArrowStore(home) if home else None
-        self._unsaved: set[str] = set()  # written locally, refused by the home (retried)
+        # Written here, not yet in the home (it refused them): written there first, next time.
+        self._unsaved: set[str] = set()
+        if home and self._local.exists(UNSAVED_FILE):
+            self._unsaved = set(self._local.read(UNSAVED_FILE).decode().split())
         self._retry_at = 0.0
 
     @classmethod
     def open(cls, location: str | Path) -> ExperimentDir:
         """The experiment at a local path, or at a URI: its files (all but Tune's and Train's
-        state and W&B's run files) are brought into a local working copy first."""
+        state and W&B's run files) are brought into a local working copy first (``pull``)."""
         if not is_uri(str(location)):
             return cls(location)
         uri = str(location).rstrip("/")
@@ -181,55 +183,42 @@ class ExperimentDir:
 
     def write_file(self, name: str, text: str) -> None:
         """Write ``name`` (relative, e.g. "trials/<id>/history.jsonl") whole: locally, then in
-        the home. A home that refuses a write (the network, the store) costs a warning; the
-        file is written again with the next write, and at the end of the sweep (``sync``)."""
-        data = text.encode()
-        self._local.write(name, data)
+        the home. Any small file of the experiment goes through here. A home that refuses a
+        write (the network, the store) costs a warning; what it missed is written again with
+        a later write (every ``RETRY_S`` at most), and at the end of the sweep (``sync``)."""
+        self._local.write(name, text.encode())
         if self._remote is None:
             return
         self._unsaved.add(name)
-        if time.monotonic() < self._retry_at:
-            return
-        try:
-            for unsaved in sorted(self._unsaved):
-                self._remote.write(unsaved, self._local.read(unsaved))
-                self._unsaved.discard(unsaved)
-        except OSError as err:
-            if not self._retry_at:
-                warn(f"could not write to {self.home} ({err}); retrying every {RETRY_S:.0f} s")
-            self._retry_at = time.monotonic() + RETRY_S
+        if time.monotonic() >= self._retry_at:
+            self._push()
 
     def remove_file(self, name: str) -> None:
         self._local.delete(name)
-        self._unsaved.discard(name)
         if self._remote is not None:
+            self._unsaved.discard(name)
             self._remote.delete(name)
-
-    def read_text(self, name: str) -> str:
-        return (self.path / name).read_text()
 
     def sync(self, *folders: str) -> None:
         """Write again what the home refused, and copy ``folders`` (e.g. W&B's offline run
         files, "wandb") there whole; says what still could not be written."""
         if self._remote is None:
             return
-        self._retry_at = 0.0
         for folder in folders:
             self._unsaved |= set(self._local.names(_within(folder)))
-        try:
-            for name in sorted(self._unsaved):
-                self._remote.write(name, self._local.read(name))
-                self._unsaved.discard(name)
-        except OSError as err:
+        if error := self._push():
             warn(
-                f"{len(self._unsaved)} file(s) did not reach {self.home} ({err}); the local copy "
-                f"{self.path} has them"
+                f"{len(self._unsaved)} file(s) did not reach {self.home} ({error}); the local "
+                f"copy {self.path} has them, and writes them there first when the sweep resumes"
             )
 
     def pull(self) -> None:
-        """Bring the home's files into the local working copy (they win over local ones)."""
+        """Make the local working copy what the home holds (``resume``, and ``open`` of a URI);
+        first, what the home has not got yet from here."""
         assert self._remote is not None
         try:
+            if error := self._push():
+                raise error
             if not self._remote.exists("experiment.json"):
                 raise FileNotFoundError(
                     f"{self.home}: not an experiment directory (no experiment.json)"
@@ -241,6 +230,25 @@ class ExperimentDir:
         except OSError as err:
             raise StorageError(f"cannot read {self.home}: {err}") from None
         self._local.write(HOME_FILE, self.home.encode())
+
+    def _push(self) -> OSError | None:
+        """Write what the home has not got; the error that stopped it, if one did."""
+        assert self._remote is not None
+        failed = bool(self._retry_at)
+        try:
+            for name in sorted(self._unsaved):
+                self._remote.write(name, self._local.read(name))
+                self._unsaved.discard(name)
+        except OSError as err:
+            if not failed:
+                warn(f"could not write to {self.home} ({err}); retrying every {RETRY_S:.0f} s")
+            self._retry_at = time.monotonic() + RETRY_S
+            self._local.write(UNSAVED_FILE, "\n".join(sorted(self._unsaved)).encode())
+            return err
+        if failed or self._local.exists(UNSAVED_FILE):
+            self._retry_at = 0.0
+            self._local.delete(UNSAVED_FILE)
+        return None
 
     def create(self, spec: SweepSpec) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

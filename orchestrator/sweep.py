@@ -365,6 +365,8 @@ def resume_sweep(location: str | Path, *, address: str | None = None) -> Experim
         experiment = ExperimentDir(
             experiment.path, home=storage_root(spec.storage_path, experiment.path)
         )
+    if experiment.home and not is_uri(str(location)):
+        experiment.pull()  # the home is the experiment: it may have moved on (resumed elsewhere)
     tune_state = uri_join(experiment.storage, "tune")
     records = experiment.load_records()
     finished = frozenset(r.trial_id for r in records if r.status == FINISHED)

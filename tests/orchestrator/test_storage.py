@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.experiment import HOME_FILE, ExperimentDir, Ledger
+from orchestrator.experiment import HOME_FILE, UNSAVED_FILE, ExperimentDir, Ledger
 from orchestrator.spec import load_spec
 from orchestrator.storage import (
     ArrowStore,
@@ -151,16 +151,30 @@ def test_a_home_that_refuses_writes_gets_them_later(tmp_path, capsys):
     assert capsys.readouterr().err.count("could not write to file:///unused") == 1
     experiment.write_file("results.csv", "a\n")  # within the retry delay: not even tried
     assert capsys.readouterr().err == "" and not list(home.names())
-    home.down = False
     (experiment.path / "wandb" / "offline-run-1").mkdir(parents=True)
     (experiment.path / "wandb" / "offline-run-1" / "run.wandb").write_text("log")
-    experiment.sync("wandb")
+    experiment.sync("wandb")  # still down: said once more, and remembered on disk
+    assert "4 file(s) did not reach file:///unused" in capsys.readouterr().err
+    assert (experiment.path / UNSAVED_FILE).read_text().split() == [
+        "experiment.json",
+        "results.csv",
+        "spec.yaml",
+        "wandb/offline-run-1/run.wandb",
+    ]
+
+    # The sweep is resumed later (another process): the home is up again, and gets them first.
+    later = ExperimentDir(experiment.path)
+    later._remote = home
+    home.down = False
+    later.pull()
     assert set(home.names()) == {
         "experiment.json",
         "results.csv",
         "spec.yaml",
         "wandb/offline-run-1/run.wandb",
     }
+    assert not (experiment.path / UNSAVED_FILE).exists()
+    assert later.results_csv.read_text() == "a\n"  # not replaced by an older one
 
 
 def test_a_bad_uri_is_a_storage_error():
