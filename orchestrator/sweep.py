@@ -385,7 +385,11 @@ def resume_sweep(location: str | Path, *, address: str | None = None) -> Experim
     elif any(r.status in (FINISHED, FAILED) for r in records):
         raise SpecError(f"{experiment.location}: no Tune state to resume under {tune_state}")
     else:
-        print(f"{experiment.location}: no trial had finished; running the sweep from the start")
+        print(
+            f"{experiment.location}: stopped before Tune saved any state, with no trial "
+            "finished; running the sweep from the start",
+            file=sys.stderr,
+        )
         if records:  # trials that started before Tune saved its state: they start again
             experiment.remove_file("results.csv")
         _drive(

@@ -279,5 +279,5 @@ def test_ctrl_c_while_ray_starts_leaves_a_directory_that_resumes(tmp_path, scale
 
     resume = scalesweep("resume", experiment, timeout=600)
     assert resume.returncode == 0, resume.stdout + resume.stderr
-    assert "running the sweep from the start" in resume.stdout
+    assert "running the sweep from the start" in resume.stderr
     assert _table(experiment)["status"].tolist() == ["TERMINATED"]
