@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from contract.rows import EpochRow
+from contract.rows import EpochRow, EvalPoint, Latency
 from orchestrator.experiment import ExperimentDir, Ledger
 from orchestrator.spec import load_spec
 
@@ -129,3 +129,22 @@ def test_a_torn_last_history_line_is_left_out(sweep):
     with open(experiment.trial_dir(TRIAL) / "history.jsonl", "a") as f:
         f.write('{"epoch": 2, "train_lo')  # a driver killed mid-write
     assert [r.epoch for r in Ledger(experiment).records[TRIAL].history] == [1]
+
+
+def test_results_carry_the_final_rows_latency_columns_and_convergence(sweep):
+    experiment, config = sweep
+    ledger = Ledger(experiment, clock=Clock())
+    ledger.start(TRIAL, config)
+    ledger.add_row(TRIAL, config, _row(1))
+    latency = (Latency(batch_size=1, p50_ms=2.0, p95_ms=3.0, p99_ms=4.0, batches=64),)
+    point = EvalPoint(
+        epoch=2.0, step=8, examples_seen=200, train_time_s=2.0, eval_loss=0.6, scores={}
+    )
+    ledger.add_row(
+        TRIAL, config, _row(2, latency=latency, eval_points=(point,), steps_to_converge=8)
+    )
+    table = experiment.read_results()
+    assert table.loc[0, "latency_p95_ms_b1"] == 3.0 and table.loc[0, "latency_batches_b1"] == 64
+    assert table.loc[0, "steps_to_converge"] == 8
+    assert "eval_points" not in table.columns and "latency" not in table.columns
+    assert experiment.read_history(TRIAL)[-1].eval_points == (point,)
