@@ -75,18 +75,18 @@ def _levels(table: Table, trials: pd.DataFrame, target: float | None) -> tuple[p
         targets = trials["target"].astype(float)
         if targets.nunique() == 1:
             return targets, f"{metric.name} {targets.iloc[0]:g} (train.target)"
-        return targets, f"each trial's train.target ({metric.name})"
+        return targets, f"its train.target ({metric.name})"
     if primary and "converged_level" in trials.columns and trials["converged_level"].notna().all():
         levels = trials["converged_level"].astype(float)
-        return levels, (
-            f"each trial's converged level: train.convergence_fraction (default "
-            f"{DEFAULT_FRACTION:.0%}) of its final {metric.name}"
+        return (
+            levels,
+            f"its converged level (train.convergence_fraction of its final {metric.name})",
         )
     finals = trials["metric"].astype(float)
     levels = finals.map(
         lambda v: converged_level(v, DEFAULT_FRACTION, higher_is_better=metric.higher_is_better)
     )
-    return levels, f"{DEFAULT_FRACTION:.0%} of each trial's final {metric.name}"
+    return levels, f"{DEFAULT_FRACTION:.0%} of its final {metric.name}"
 
 
 def convergence(table: Table, target: float | None) -> tuple[Convergence | None, str | None]:

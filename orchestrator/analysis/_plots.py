@@ -450,7 +450,10 @@ def plot_inference(
     """Latency p50 and p95 against parameters, one colour per batch size; inference throughput
     against workers, one line per model."""
     figure, (lat, thr) = _figure(ncols=2, size=(11.0, 4.8))
-    series = [c for c in ("batch_size", *table.extra_axes, "device") if c in latency.columns]
+    devices = sorted(set(latency["device"])) if not latency.empty else []
+    # One device: named in the title; several: in each line's label.
+    by_device = ["device"] if len(devices) > 1 else []
+    series = [c for c in ("batch_size", *table.extra_axes, *by_device) if c in latency.columns]
     lines = list(groups(latency, series)) if not latency.empty else []
     for (key, rows), color in zip(lines, _colors(len(lines)), strict=True):
         rows = rows.sort_values("params")
@@ -480,7 +483,8 @@ def plot_inference(
         _log_y_if_positive(lat, latency[["p50_ms", "p95_ms"]].to_numpy().ravel())
     lat.set_xlabel("non-embedding parameters N")
     lat.set_ylabel("latency per batch (ms)")
-    lat.set_title("Prediction latency on one worker (solid p50, dashed p95)")
+    on = f" on {devices[0]}" if len(devices) == 1 else ""
+    lat.set_title(f"Prediction latency{on} (solid p50, dashed p95)", fontsize=10)
     if not throughput.empty:
         keys = [MODEL, *table.extra_axes]
         models = list(groups(throughput.sort_values(["params", WORKERS]), keys))
@@ -544,6 +548,10 @@ def plot_convergence(table: Table, convergence: Convergence, out: Path) -> Plot:
             if not some.empty:
                 ax.scatter(some[x], some["time_to_s"], facecolors="none", edgecolors=color, s=60)
     by_data.set_xscale("log")
+    for ax, frame in ((by_data, at_quality), (by_workers, at_full)):
+        reached = frame.loc[frame["n_reached"] > 0, "time_to_s"]
+        if not reached.empty:
+            _log_y_if_positive(ax, reached)
     by_data.set_xlabel("training examples D")
     by_data.set_title(f"Time to the level vs data ({_workers_text(table)})")
     _worker_axis(by_workers, cells[WORKERS].unique())

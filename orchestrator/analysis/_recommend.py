@@ -372,7 +372,7 @@ def _workers_to_target(
 ) -> Answer:
     """The worker count that reaches ``level`` after the least training time, among those at
     which every seed reached it, with the same efficiency rule as the whole-trial answer."""
-    question = f"Workers for {where}, by training time to reach {level}"
+    question = f"Workers for {where}, by training time to {level}"
     cells = cells.sort_values(WORKERS)
     details: dict[str, Any] = {
         "for": where,
