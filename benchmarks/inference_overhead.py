@@ -11,6 +11,7 @@ It also prints what the mid-epoch evaluations (``train.eval_every_steps``) cost:
 evaluations per trial times the trial's own mean evaluation time (``eval_time_s`` of its epochs).
 
     python -m benchmarks.inference_overhead                       # runs the quickstart (~5 min)
+    python -m benchmarks.inference_overhead --out /tmp/qs         # ... and keeps it there
     python -m benchmarks.inference_overhead --experiment experiments/quickstart
     python -m benchmarks.inference_overhead axes.model.name=[bert-tiny]   # overrides for `run`
 """
@@ -54,6 +55,7 @@ def mid_epoch_evaluations(directory: Path, trial_id: str) -> tuple[int, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", type=Path, help="read this finished sweep instead")
+    parser.add_argument("--out", type=Path, help="run the quickstart into this directory")
     parser.add_argument("overrides", nargs="*", help="overrides for the quickstart run")
     args = parser.parse_args()
 
@@ -61,7 +63,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         directory = args.experiment
         if directory is None:
-            directory = Path(tmp) / "quickstart"
+            directory = args.out or Path(tmp) / "quickstart"
             run_quickstart(directory, args.overrides)
         table = pd.read_csv(directory / "results.csv")
         done = table[table["status"] == "TERMINATED"]

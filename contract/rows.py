@@ -132,11 +132,13 @@ class _Latencies:
 
 
 class _Points:
-    """How a tuple of ``EvalPoint`` lies in a flat record: a list of flat dicts."""
+    """How a tuple of ``EvalPoint`` lies in a flat record: a sequence of flat dicts (a tuple,
+    which JSON writes as a list and Tune's TensorBoard logger leaves alone: it would try a list
+    as a histogram, and warn)."""
 
     @staticmethod
     def flatten(name: str, value: tuple[EvalPoint, ...]) -> dict[str, Any]:
-        return {name: [point.to_dict() for point in value]} if value else {}
+        return {name: tuple(point.to_dict() for point in value)} if value else {}
 
     @staticmethod
     def parse(name: str, record: Mapping[str, Any]) -> Any:

@@ -57,7 +57,7 @@ def _points(history: pd.DataFrame) -> dict[str, list[EvalPoint]]:
         points = [
             EvalPoint.from_dict(p)
             for epoch_points in rows["eval_points"]
-            if isinstance(epoch_points, list)
+            if isinstance(epoch_points, list | tuple)
             for p in epoch_points
         ]
         if points:

@@ -389,7 +389,7 @@ def _evaluations(history: pd.DataFrame, metric_column: str) -> tuple[pd.DataFram
         return history[["trial_id", "epoch", metric_column]], False
     rows = []
     for trial_id, points in zip(history["trial_id"], history["eval_points"], strict=True):
-        for record in points if isinstance(points, list) else []:
+        for record in points if isinstance(points, list | tuple) else ():
             point = EvalPoint.from_dict(record)
             column = metric_column.removeprefix("eval_")
             rows.append(
