@@ -547,14 +547,26 @@ def plot_convergence(table: Table, convergence: Convergence, out: Path) -> Plot:
             )
             if not some.empty:
                 ax.scatter(some[x], some["time_to_s"], facecolors="none", edgecolors=color, s=60)
+            never = rows[rows["n_reached"] == 0]
+            if not never.empty:  # along the top edge: these cells have no time to draw
+                ax.scatter(
+                    never[x],
+                    [0.97] * len(never),
+                    marker="x",
+                    color=color,
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                )
     by_data.set_xscale("log")
+    _worker_axis(by_workers, cells[WORKERS].unique())
     for ax, frame in ((by_data, at_quality), (by_workers, at_full)):
         reached = frame.loc[frame["n_reached"] > 0, "time_to_s"]
         if not reached.empty:
             _log_y_if_positive(ax, reached)
+        if (frame["n_reached"] == 0).any():
+            ax.scatter([], [], marker="x", color="0.4", label="never reached (at the top)")
     by_data.set_xlabel("training examples D")
     by_data.set_title(f"Time to the level vs data ({_workers_text(table)})")
-    _worker_axis(by_workers, cells[WORKERS].unique())
     by_workers.set_title(
         f"Time to the level vs workers ({_format.fraction(cells[DATA].max())} data)"
     )
@@ -570,7 +582,8 @@ def plot_convergence(table: Table, convergence: Convergence, out: Path) -> Plot:
         "Convergence",
         f"Training seconds (evaluations excluded) until a trial's evaluations first reached "
         f"{convergence.level}; mean ± std over the seeds that reached it, hollow where only some "
-        "did; cells where none did are not drawn (see the Convergence table). Evaluations come "
+        "did; a cross at the top edge marks a cell where none did (see the Convergence table). "
+        "Evaluations come "
         "at each epoch's end and every train.eval_every_steps optimizer steps, so a time is "
         "exact to that resolution. Left: against training examples, at the worker count quality "
         "is read at. Right: against workers, at the largest data fraction.",
