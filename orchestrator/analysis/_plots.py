@@ -558,6 +558,10 @@ def plot_convergence(table: Table, convergence: Convergence, out: Path) -> Plot:
                     clip_on=False,
                 )
     by_data.set_xscale("log")
+    # Crosses at the top edge do not widen the x limits: set them from every cell drawn.
+    if not at_quality.empty:
+        low, high = at_quality["train_examples"].min(), at_quality["train_examples"].max()
+        by_data.set_xlim(low / 1.5, high * 1.5)
     _worker_axis(by_workers, cells[WORKERS].unique())
     for ax, frame in ((by_data, at_quality), (by_workers, at_full)):
         reached = frame.loc[frame["n_reached"] > 0, "time_to_s"]
