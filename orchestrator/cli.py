@@ -45,8 +45,8 @@ def cmd_plan(
     address: str | None = None,
     measured: Path | None = None,
 ) -> int:
-    """Validate a search space and print one row per trial, the resources it needs, how many
-    trials run at once on a cluster, and the GPU-hours; starts no Ray (unless --address)."""
+    """Validate a search space and print one row per trial, the resources it needs, the
+    GPU-hours, and the makespan and utilisation on a cluster; starts no Ray (unless --address)."""
     spec = load_spec(file, overrides)
     rows = plan_rows(spec)
     print(render_plan(spec, rows))
@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     overrides_help = "dotted overrides, e.g. train.lr=3e-5 compute.num_workers=2 'seeds=[0,1]'"
 
     cluster_help = (
-        "cluster-launcher YAML (cluster.yaml) or KubeRay manifest: concurrency follows its "
-        "maximum, with every node type at max_workers"
+        "cluster-launcher YAML (cluster.yaml) or KubeRay manifest: trials start as their gangs "
+        "fit its maximum, with every node type at max_workers"
     )
 
     plan = commands.add_parser("plan", help=cmd_plan.__doc__)

@@ -18,6 +18,7 @@ import ray
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search import BasicVariantGenerator
 
 from contract.config import TrialConfig
 from contract.rows import METRIC_NAMES, EpochRow, score_column
@@ -26,10 +27,16 @@ from orchestrator.cluster import (
     DRIVER_NODE_RESOURCE,
     DRIVER_RESOURCES,
     HEAD_DRIVER_UNITS,
-    max_concurrent_trials,
+    Admission,
+    Gang,
+    check_placeable,
+    start_order,
     sweep_capacity,
+    trial_gang,
 )
 from orchestrator.experiment import FAILED, FINISHED, ExperimentDir, Ledger, summarize_error
+from orchestrator.plan import plan_rows
+from orchestrator.resource_plan import BENCHMARKED
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from orchestrator.storage import is_uri, storage_root, upload
 from orchestrator.wandb.views import SweepTracking
@@ -159,6 +166,53 @@ def _tune_trial(
     )
 
 
+class GangAdmission(BasicVariantGenerator):
+    """Tune's grid, each trial handed to Tune only when its whole gang fits beside the running
+    ones (``orchestrator.cluster.Admission``), longest estimated trials first.
+
+    Tune starts every trial it holds as PENDING (its scheduler only picks which goes first), and
+    its own ``max_concurrent_trials`` is this same gate, counting trials: so the gate is here.
+    A trial not yet handed over holds nothing. Tune saves this object with the experiment, so
+    a resumed sweep keeps the same admission and the same running gangs.
+    """
+
+    def __init__(self, admission: Admission, seconds: dict[str, float]) -> None:
+        super().__init__()
+        self._admission = admission
+        self._seconds = seconds  # estimated wall time by trial config (JSON), for the order
+        self._waiting: list[tuple[Trial, Gang]] | None = None  # None: grid not expanded yet
+
+    def next_trial(self) -> Trial | None:
+        if self._waiting is None:
+            grid = []
+            while (trial := super().next_trial()) is not None:
+                # What Tune does as it adds a trial; a waiting trial saved with this object
+                # cannot be restored without it (Trial.__setstate__ asserts it).
+                trial.create_placement_group_factory()
+                grid.append(trial)
+            configs = [TrialConfig.model_validate(t.config) for t in grid]
+            gangs = [trial_gang(c) for c in configs]
+            order = start_order(gangs, [self._seconds.get(c.model_dump_json()) for c in configs])
+            self._waiting = [(grid[i], gangs[i]) for i in order]
+            self._seconds = {}  # used: Tune pickles this object with every experiment save
+        index = self._admission.start_next([(t.trial_id, g) for t, g in self._waiting])
+        return None if index is None else self._waiting.pop(index)[0]
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result=result, error=error)
+        self._admission.finish(trial_id)
+
+    def is_finished(self) -> bool:
+        return super().is_finished() and not self._waiting
+
+    def set_finished(self) -> None:
+        # Tune stopping the experiment: start nothing more. (Expanding the grid ends here too,
+        # before there is a waiting list.)
+        if self._waiting is not None:
+            self._waiting.clear()
+        super().set_finished()
+
+
 def _job_env_vars() -> set[str]:
     """Env vars a Ray Job's runtime env already gives every worker: Ray refuses a ray.init
     runtime env that sets one of them again."""
@@ -175,8 +229,9 @@ def run_sweep(
 ) -> Path:
     """Run every trial of ``spec`` on local Ray (default) or the cluster at ``address``.
 
-    Concurrency follows ``cluster_file`` at full scale when given (what the autoscaler can add),
-    else the cluster's nodes now; with a URI ``storage_path`` trial state goes there too.
+    A trial starts when its gang fits ``cluster_file`` at full scale when given (what the
+    autoscaler can add), else the cluster's nodes now, beside the running trials; with a URI
+    ``storage_path`` trial state goes there too.
     """
     experiment = ExperimentDir(experiment_dir)
     _check_data(spec)
@@ -189,17 +244,25 @@ def run_sweep(
     _init_ray(address)
     try:
         capacity = sweep_capacity(cluster_file, on_cluster=address is not None)
-        concurrency = max_concurrent_trials(spec, capacity)
+        check_placeable(spec, capacity)
         print(
-            f"sweep {spec.name}: {len(spec.trials)} trials, up to {concurrency} at once on "
+            f"sweep {spec.name}: {len(spec.trials)} trials, each started when its gang fits on "
             f"{capacity.describe()}; results -> {experiment.path}",
             file=sys.stderr,
         )
+        admission = Admission(capacity, max_running=spec.max_concurrent_trials)
+        seconds = {
+            row.trial.model_dump_json(): s
+            for row in plan_rows(spec)
+            if (s := BENCHMARKED.seconds(row)) is not None
+        }
         tuner = tune.Tuner(
             _trainable(storage, tracking),
             param_space=spec.param_space(),
-            # Reused trial-driver actors: no new process (and imports) per trial.
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
+            tune_config=tune.TuneConfig(
+                search_alg=GangAdmission(admission, seconds),
+                reuse_actors=True,  # reused trial-driver actors: no new process per trial
+            ),
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=storage,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.rows import EpochRow
+
 # The hub is unreachable here: fail fast instead of retrying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -17,6 +19,35 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 Scalesweep = Callable[..., subprocess.CompletedProcess]
+# An epoch row of a small trial: epoch 1 of 100 examples, every required field set.
+_ROW = dict(
+    epoch=1,
+    train_loss=0.7,
+    eval_loss=0.69,
+    eval_accuracy=0.6,
+    examples_per_s=100.0,
+    tokens_per_s=1000.0,
+    epoch_time_s=1.0,
+    eval_time_s=0.1,
+    train_time_s=1.0,
+    examples_seen=100,
+    train_tokens=1000,
+    lr=1e-3,
+    worker_pid=7,
+    params_total=10,
+    params_non_embedding=5,
+    train_examples=100,
+    global_batch=32,
+    per_worker_batch=32,
+    accumulation_steps=1,
+    restarts=0,
+)
+
+
+@pytest.fixture(scope="session")
+def epoch_row() -> Callable[..., EpochRow]:
+    """``epoch_row(**fields)``: an EpochRow with plausible values for every field not given."""
+    return lambda **fields: EpochRow(**_ROW | fields)
 
 
 @pytest.fixture(scope="session")

@@ -23,32 +23,9 @@ from contract.rows import (
 )
 from trainables.metrics import METRICS
 
-ROW = dict(
-    epoch=2,
-    train_loss=0.6,
-    eval_loss=0.65,
-    eval_accuracy=0.7,
-    examples_per_s=100.0,
-    tokens_per_s=1000.0,
-    epoch_time_s=1.0,
-    eval_time_s=0.1,
-    train_time_s=2.0,
-    examples_seen=200,
-    train_tokens=2000,
-    lr=0.0,
-    worker_pid=1,
-    params_total=10,
-    params_non_embedding=5,
-    train_examples=100,
-    global_batch=32,
-    per_worker_batch=16,
-    accumulation_steps=1,
-    restarts=0,
-)
 
-
-def test_a_row_round_trips_through_json_and_drops_what_is_not_its_own():
-    row = EpochRow(**ROW)
+def test_a_row_round_trips_through_json_and_drops_what_is_not_its_own(epoch_row):
+    row = epoch_row(eval_f1=None)
     record = row.to_dict()
     assert "eval_f1" not in record  # absent scores are left out, not written as null
     tune_result = json.loads(json.dumps(record)) | {"training_iteration": 2, "trial_id": "x"}
@@ -100,8 +77,8 @@ LATENCY = (
 )
 
 
-def test_latencies_are_typed_and_flattened_into_columns_one_place():
-    row = EpochRow(**ROW, latency=LATENCY, eval_points=POINTS, inference_examples_per_s=50.0)
+def test_latencies_are_typed_and_flattened_into_columns_one_place(epoch_row):
+    row = epoch_row(latency=LATENCY, eval_points=POINTS, inference_examples_per_s=50.0)
     record = row.to_dict()
     assert record["latency_p50_ms_b1"] == 1.5 and record["latency_p99_ms_b32"] == 15.0
     assert record["latency_batches_b32"] == 4
@@ -122,8 +99,8 @@ def test_latencies_are_typed_and_flattened_into_columns_one_place():
     assert POINTS[1].score("f1") is None and POINTS[1].score("loss") == 0.65
 
 
-def test_results_carry_trial_fields_flattened_and_leave_the_points_in_the_history():
-    row = EpochRow(**ROW, latency=LATENCY, eval_points=POINTS, steps_to_converge=6)
+def test_results_carry_trial_fields_flattened_and_leave_the_points_in_the_history(epoch_row):
+    row = epoch_row(latency=LATENCY, eval_points=POINTS, steps_to_converge=6)
     results = row.results()
     assert "eval_points" not in results and "epoch" not in results
     assert results["latency_p95_ms_b1"] == 2.0 and results["steps_to_converge"] == 6
