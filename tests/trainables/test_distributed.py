@@ -16,8 +16,8 @@ import torch.distributed as dist
 from trainables.distributed import all_gather_objects, all_reduce, collective_device
 
 DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-# One rank, as its own process: a script of the installed packages only (a spawned copy of a
-# test module could not import it under plain `pytest`).
+# One rank as a process of its own, running a script that imports installed packages only:
+# under plain `pytest`, a spawned process could not import the test module itself.
 RANK = textwrap.dedent(
     """
     import sys
@@ -26,7 +26,8 @@ RANK = textwrap.dedent(
     import torch
     import torch.distributed as dist
 
-        from trainables.distributed import all_gather_objects, all_reduce, collective_device
+    from contract.config import TrialConfig
+    from trainables.distributed import all_gather_objects, all_reduce, collective_device
     from trainables.loop import FineTuneRecipe, LoopCallbacks
 
     rank, device_type, scratch = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
