@@ -19,7 +19,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from contract.config import TrialConfig
+from contract.config import DataConfig, TrialConfig
 from contract.rows import METRIC_NAMES, EpochRow, score_column
 from contract.tracking import TrialTracking
 from orchestrator.cluster import (
@@ -179,7 +179,7 @@ def run_sweep(
     else the cluster's nodes now; with a URI ``storage_path`` trial state goes there too.
     """
     experiment = ExperimentDir(experiment_dir)
-    _check_data(spec)
+    _check_hub_data(spec)
     try:
         experiment.create(spec)
     except OSError as err:
@@ -241,17 +241,21 @@ def resume_sweep(experiment_dir: Path, *, address: str | None = None) -> Path:
     return experiment.path
 
 
-def _check_data(spec: SweepSpec) -> None:
-    """Load every distinct data source once, before Ray starts: a missing column, a label
-    outside the label set or an unreachable dataset is a one-line error, not N failed trials."""
+def _check_hub_data(spec: SweepSpec) -> None:
+    """Load every GLUE task that comes from the hub, before Ray starts: unreachable offline, it
+    is a one-line error, not N failed trials. (``plan_rows`` has checked every data file.)"""
     from trainables.data import load_task_data
 
-    sources = {t.data.source_key(): t.data for t in spec.trials}
+    sources = {t.data.source_key(): t.data for t in spec.trials if _from_hub(t.data)}
     for data in sources.values():
         try:
             load_task_data(data)
         except (OSError, ValueError) as err:
             raise SpecError(f"{spec.path}: data: {str(err).strip().splitlines()[0]}") from None
+
+
+def _from_hub(data: DataConfig) -> bool:
+    return data.source == "glue" and not data.glue_dir
 
 
 def _init_ray(address: str | None) -> None:
