@@ -51,22 +51,23 @@ def _architecture(model: ModelConfig) -> tuple[int, int, int | None] | None:
     if model.ladder:
         layers, hidden, inter = model.ladder.num_layers, model.ladder.hidden_size, None
     else:
-        config_file = Path(model.source) / "config.json"
+        config_file = Path(model.source).expanduser() / "config.json"
         if not config_file.is_file():
             return None
-        config = json.loads(config_file.read_text())
-        layers, hidden = config["num_hidden_layers"], config["hidden_size"]
+        config = json.loads(config_file.read_text())  # load_spec has checked it parses
+        layers, hidden = config.get("num_hidden_layers"), config.get("hidden_size")
         inter = config.get("intermediate_size")
+        if not all(isinstance(n, int) for n in (layers, hidden, inter or 0)):
+            return None  # not a BERT-style config: the trial counts its parameters
     return model.num_layers or layers, hidden, inter
 
 
 def _vocab(model: ModelConfig) -> int:
     if model.tokenizer == "wordpiece":
         return model.wordpiece_vocab_size
-    config_file = Path(model.source) / "config.json"
-    if config_file.is_file():
-        return json.loads(config_file.read_text()).get("vocab_size", BERT_VOCAB)
-    return BERT_VOCAB
+    config_file = Path(model.source).expanduser() / "config.json"
+    vocab = json.loads(config_file.read_text()).get("vocab_size") if config_file.is_file() else None
+    return vocab if isinstance(vocab, int) else BERT_VOCAB
 
 
 def train_split_size(data: DataConfig) -> int:
