@@ -26,6 +26,7 @@ from orchestrator.cluster import (
     DRIVER_NODE_RESOURCE,
     DRIVER_RESOURCES,
     HEAD_DRIVER_UNITS,
+    check_reachable,
     max_concurrent_trials,
     sweep_capacity,
 )
@@ -180,13 +181,15 @@ def run_sweep(
     """
     experiment = ExperimentDir(experiment_dir)
     _check_hub_data(spec)
+    _init_ray(address)
+    # Made only once Ray is up: a cluster that cannot be joined leaves no directory behind.
     try:
         experiment.create(spec)
     except OSError as err:
+        ray.shutdown()
         raise SpecError(f"cannot write the experiment directory {experiment.path}: {err}") from None
     tracking = SweepTracking.start(spec, experiment.path)  # W&B summary run; no-op when off
     storage = storage_root(spec.storage_path, experiment.path)
-    _init_ray(address)
     try:
         capacity = sweep_capacity(cluster_file, on_cluster=address is not None)
         concurrency = max_concurrent_trials(spec, capacity)
@@ -259,6 +262,8 @@ def _from_hub(data: DataConfig) -> bool:
 
 
 def _init_ray(address: str | None) -> None:
+    if address:
+        check_reachable(address)  # ray.init would retry an unreachable address for minutes
     env = WORKER_ENV | ({} if address else LOCAL_ENV)
     env |= {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env = {k: v for k, v in env.items() if k not in _job_env_vars()}

@@ -110,3 +110,12 @@ def test_plan_run_and_the_trial_refuse_bad_glue_files_alike(
     with pytest.raises(ValueError) as caught:
         load_task_data(cfg)
     assert str(caught.value) in errors[0]
+
+
+def test_an_experiment_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "taken").write_text("notes")
+    code, err = _run(tmp_path, capsys, out=tmp_path / "taken")
+    assert code == 2 and err == f"error: --experiment-dir {tmp_path / 'taken'} is a file; " + (
+        "name a new or empty directory\n"
+    )
+    assert (tmp_path / "taken").read_text() == "notes" and not ray.is_initialized()
