@@ -129,3 +129,18 @@ def test_a_torn_last_history_line_is_left_out(sweep):
     with open(experiment.trial_dir(TRIAL) / "history.jsonl", "a") as f:
         f.write('{"epoch": 2, "train_lo')  # a driver killed mid-write
     assert [r.epoch for r in Ledger(experiment).records[TRIAL].history] == [1]
+
+
+def test_a_resumed_trial_drops_the_torn_line_and_appends_after_it(sweep):
+    experiment, config = sweep
+    ledger = Ledger(experiment)
+    ledger.start(TRIAL, config)
+    ledger.add_row(TRIAL, config, _row(1))
+    history = experiment.trial_dir(TRIAL) / "history.jsonl"
+    with open(history, "a") as f:
+        f.write('{"epoch": 2, "train_lo')  # a driver killed mid-write: no newline
+    resumed = Ledger(experiment)
+    assert resumed.start(TRIAL, config)
+    resumed.add_row(TRIAL, config, _row(2))  # not glued onto the torn line, and not lost
+    assert _epochs(experiment) == [(1, 0.6), (2, 0.7)]
+    assert len(history.read_text().splitlines()) == 2
