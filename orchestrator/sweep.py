@@ -49,6 +49,11 @@ WORKER_ENV = {
     # poll to start, to pass on reports and to finish: seconds of idle per small trial.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+# Set in this (the Tune driver's) process: Tune's own console output off, as _TuneEvents prints
+# one line per epoch and per trial (a failed trial's with the path to its traceback). Tune's
+# controller prints each failed trial's whole traceback, and its new output engine a config
+# table and two lines per error whatever RunConfig(verbose=0) says; the legacy one obeys it.
+DRIVER_ENV = {"TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_AIR_NEW_OUTPUT": "0"}
 # Only on a local instance, which no cloud can preempt: no preemption-watcher actor per trial
 # (one more process to start, ~1 CPU-second each on a small machine; see BENCHMARKS.md).
 LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
@@ -98,7 +103,8 @@ class _TuneEvents(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial: Trial, **info) -> None:
         reason = self.ledger.fail(trial.trial_id, trial.config, _error_text(trial))
-        self._print_end(trial, FAILED, f"error: {reason}")
+        error_file = self.experiment.trial_dir(trial.trial_id) / "error.txt"
+        self._print_end(trial, FAILED, f"error: {reason} (traceback: {error_file})")
 
     def on_trial_recover(self, iteration, trials, trial: Trial, **info) -> None:
         record = self.ledger.retry(trial.trial_id, trial.config)
@@ -262,6 +268,8 @@ def _from_hub(data: DataConfig) -> bool:
 
 
 def _init_ray(address: str | None) -> None:
+    for key, value in DRIVER_ENV.items():
+        os.environ.setdefault(key, value)
     if address:
         check_reachable(address)  # ray.init would retry an unreachable address for minutes
     env = WORKER_ENV | ({} if address else LOCAL_ENV)
