@@ -22,6 +22,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from contract.tracking import WandbMode
 from orchestrator.cluster import ClusterError, load_cluster_file, probe
@@ -193,8 +194,15 @@ def cmd_wandb(experiment_dir: Path, *, sync: bool = False) -> int:
     return sync_runs(experiment_dir) if sync else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in the one line every user error gets (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scalesweep",
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
