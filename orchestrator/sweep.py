@@ -208,7 +208,7 @@ class _TuneEvents(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial: Trial, **info) -> None:
         reason = self.ledger.fail(trial.trial_id, trial.config, _error_text(trial))
-        error_file = self.experiment.trial_dir(trial.trial_id) / "error.txt"
+        error_file = self.ledger.experiment.trial_dir(trial.trial_id) / "error.txt"
         self._print_end(trial, FAILED, f"error: {reason} (traceback: {error_file})")
 
     def on_trial_recover(self, iteration, trials, trial: Trial, **info) -> None:
