@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from contract.tracking import WandbMode
 from orchestrator.cluster import ClusterError, load_cluster_file, probe
@@ -85,10 +86,28 @@ def _previous_run(spec: SweepSpec) -> Path | None:
 def _free_experiment_dir(base: Path) -> Path:
     """``base`` itself, or ``base_2``, ``base_3``... so a re-run never mixes with an old sweep."""
     candidate, n = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
+    while candidate.exists() and not _empty_dir(candidate):
         n += 1
         candidate = base.with_name(f"{base.name}_{n}")
     return candidate
+
+
+def _empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _check_experiment_dir(path: Path) -> None:
+    """The experiment directory must be new or empty, and makeable: checked before Ray starts,
+    without making it (``run`` makes it once Ray is up)."""
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"--experiment-dir {path} is a file; name a new or empty directory")
+    if path.exists() and not _empty_dir(path):
+        raise SpecError(f"--experiment-dir {path} exists and is not empty")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(
+            f"cannot write the experiment directory {path}: {existing} is not a writable directory"
+        )
 
 
 def cmd_run(
@@ -106,8 +125,7 @@ def cmd_run(
     plan_rows(spec)  # fails early on missing data files, before Ray starts
     if experiment_dir is None:
         experiment_dir = _free_experiment_dir(_local_root(spec) / spec.name)
-    elif experiment_dir.exists() and any(experiment_dir.iterdir()):
-        raise SpecError(f"--experiment-dir {experiment_dir} exists and is not empty")
+    _check_experiment_dir(experiment_dir)
     remote = storage_root(spec.storage_path, experiment_dir)
     if is_uri(remote) and remote_exists(remote):
         raise SpecError(f"{remote} exists already; pick another -o/--experiment-dir name")
@@ -197,8 +215,15 @@ def cmd_wandb(experiment_dir: Path, *, sync: bool = False) -> int:
     return sync_runs(experiment_dir) if sync else 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in the one line every user error gets (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scalesweep",
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
@@ -326,8 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     terminate = signal.signal(signal.SIGTERM, _raise_interrupted) if on_main_thread else None
     try:
         return _dispatch(args)
-    except (UserError, FileNotFoundError) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:  # a path the user gave that is missing, unreadable or unwritable
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt as err:
         # A sweep has flushed its rows, saved Tune's state and said how to resume.

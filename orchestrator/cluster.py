@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import socket
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from orchestrator.spec import SweepSpec
 
 __all__ = [
     "AUTOSCALER_CONFIG",
+    "CONNECT_TIMEOUT_S",
     "DRIVER_NODE_RESOURCE",
     "DRIVER_RESOURCES",
     "HEAD_DRIVER_UNITS",
@@ -39,6 +41,7 @@ __all__ = [
     "NodeType",
     "Schedule",
     "check_placeable",
+    "check_reachable",
     "cluster_now",
     "gangs_that_fit",
     "load_cluster_file",
@@ -58,6 +61,8 @@ HEAD_DRIVER_UNITS = 1
 # What a Tune trial reserves for its driver, in Tune's resource-dict form: no CPU (the trainer's
 # workers hold the trial's CPUs and GPUs; a whole CPU per driver starves them on small machines).
 DRIVER_RESOURCES: dict[str, float] = {"cpu": 0, DRIVER_NODE_RESOURCE: 0.001}
+# How long joining a cluster may take to answer a TCP connection (check_reachable).
+CONNECT_TIMEOUT_S = 10.0
 # Where `ray up` leaves the autoscaler's config on the head node.
 AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
@@ -450,10 +455,91 @@ def cluster_now() -> Capacity:
     return Capacity(source=f"cluster at {address} now", nodes=tuple(nodes))
 
 
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, in one line and within ``timeout_s``, a cluster address that nothing answers
+    at: ``ray.init`` retries an unreachable one for minutes, printing GCS warnings.
+
+    ``host:port`` is the head's GCS, ``ray://host:port`` its Ray Client server, ``auto`` the
+    cluster this machine started last (``ray start``) or ``$RAY_ADDRESS``; ``local`` starts one.
+    """
+    where = f"Ray cluster address {address!r} (--address or $RAY_ADDRESS)"
+    if address == "local":
+        return
+    if address.startswith(("http://", "https://")):
+        raise ClusterError(
+            f"{where} is an HTTP address (the dashboard and Jobs API, for `ray job submit`); "
+            "to join a cluster give its GCS address host:6379, ray://host:10001, or auto"
+        )
+    if address == "auto":
+        # Ray's own lookup: $RAY_ADDRESS, else the address `ray start` wrote in its temp dir.
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            address = canonicalize_bootstrap_address("auto") or "local"
+        except (ConnectionError, ValueError) as err:
+            raise ClusterError(f"{where}: {str(err).splitlines()[0]}") from None
+        if address == "local":
+            return
+    inner = address.removeprefix("ray://")
+    host, _, port = inner.rpartition(":")
+    if address.startswith("ray://") and not port.isdigit():
+        host, port = inner, "10001"  # Ray Client's default port
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(f"{where} is not host:port, ray://host:port, auto or local")
+    reason = _no_tcp(host, int(port), timeout_s)
+    if not reason and inner == address:  # Ray Client bounds its own attempts (about 35 s)
+        reason = _no_gcs(f"{host}:{port}", timeout_s)
+    if reason:
+        raise ClusterError(
+            f"cannot reach the {where} at {host}:{port}: {reason}; is the cluster up, and the "
+            "address right?"
+        )
+
+
+def _no_tcp(host: str, port: int, timeout_s: float) -> str | None:
+    """Why nothing accepts a TCP connection at host:port, or None."""
+    try:
+        socket.create_connection((host.strip("[]"), port), timeout=timeout_s).close()
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+    except OSError as err:
+        return err.strerror or str(err) or type(err).__name__
+    return None
+
+
+# A method of the GCS's own gRPC service (Ray internal; tests/orchestrator/test_cluster.py
+# checks that the installed Ray has it). A bare TCP or HTTP/2 answer proves nothing: proxies
+# and firewalls accept connections to any address, and ray.init then waits for minutes.
+GCS_PROBE_METHOD = "/ray.rpc.NodeInfoGcsService/GetClusterId"
+
+
+def _no_gcs(target: str, timeout_s: float) -> str | None:
+    """Why no Ray GCS answers at ``target`` (host:port), or None when one does."""
+    import grpc
+
+    channel = grpc.insecure_channel(target)
+    try:
+        channel.unary_unary(GCS_PROBE_METHOD)(b"", timeout=timeout_s)
+    except grpc.RpcError as err:
+        code = err.code()
+        # A GCS with token authentication (Ray's default) refuses the probe: it is there.
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            return None
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"no answer within {timeout_s:g} s"
+        if code is grpc.StatusCode.UNIMPLEMENTED:
+            return "something answers there, but not a Ray GCS (another service's port?)"
+        return (err.details() or code.name).splitlines()[0]
+    finally:
+        channel.close()
+    return None
+
+
 def probe(address: str) -> Capacity:
     """Connect to the cluster at ``address`` just long enough to read its nodes."""
     import ray
 
+    check_reachable(address)
     ray.init(address=address, log_to_driver=False, logging_level="error")
     try:
         return cluster_now()

@@ -20,12 +20,15 @@ nothing of Ray: the sweep's Tune callback only translates Tune's events into its
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import dataclasses
+import io
 import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +37,17 @@ import yaml
 
 from contract.config import TrialConfig
 from contract.rows import REQUIRED_RESULT_FIELDS, EpochRow
+from orchestrator.errors import UserError
 from orchestrator.spec import SweepSpec
 from orchestrator.storage import ArrowStore, LocalStore, StorageError, is_uri, working_copy
 
 __all__ = [
     "CORE_AXES",
+    "METADATA_KEYS",
     "STATUS_COLUMNS",
     "TRIAL_COLUMNS",
     "ExperimentDir",
+    "ExperimentError",
     "Ledger",
     "TrialRecord",
     "summarize_error",
@@ -76,6 +82,14 @@ def _trial_file(trial_id: str, name: str) -> str:
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# What experiment.json holds, and every reader relies on.
+METADATA_KEYS = ("name", "primary_metric", "axes", "seeds", "num_trials")
+
+
+class ExperimentError(UserError):
+    """An experiment directory whose files cannot be read as ``run`` writes them, in one line."""
 
 
 def _get(trial: dict[str, Any], dotted: str) -> Any:
@@ -265,7 +279,22 @@ class ExperimentDir:
         self.write_file("experiment.json", json.dumps(meta, indent=2))
 
     def metadata(self) -> dict[str, Any]:
-        return json.loads((self.path / "experiment.json").read_text())
+        """experiment.json, checked to hold what every reader relies on."""
+        path = self.path / "experiment.json"
+        if not path.is_file():
+            raise ExperimentError(f"{path} not found: not an experiment directory written by `run`")
+        try:
+            meta = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise ExperimentError(f"{path} is not valid JSON ({_first_line(err)})") from None
+        if not isinstance(meta, dict):
+            raise ExperimentError(f"{path} holds a JSON {type(meta).__name__}, not an object")
+        absent = [key for key in METADATA_KEYS if key not in meta]
+        if absent:
+            raise ExperimentError(f"{path} lacks key(s): {', '.join(absent)}")
+        if not isinstance(meta["primary_metric"], str) or not isinstance(meta["axes"], list):
+            raise ExperimentError(f"{path}: primary_metric must be a name, axes a list")
+        return meta
 
     def start_trial(self, record: TrialRecord) -> None:
         self.write_file(
@@ -294,24 +323,85 @@ class ExperimentDir:
         return table
 
     def read_results(self) -> pd.DataFrame:
-        if not self.results_csv.is_file():
+        """results.csv, checked as the sweep writes it: every row complete (a file cut off
+        mid-line is an error, not a row of blanks), numbers where numbers belong."""
+        path = self.results_csv
+        if not path.is_file():
             raise FileNotFoundError(
                 f"{self.location}: no results.csv (is this an experiment directory?)"
             )
-        return pd.read_csv(self.results_csv, keep_default_na=False, na_values=[""])
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ExperimentError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        reader = csv.reader(io.StringIO(text, newline=""))
+        try:
+            records = [(reader.line_num, row) for row in reader if row]
+        except csv.Error as err:
+            raise ExperimentError(f"{path}: line {reader.line_num}: not CSV ({err})") from None
+        if not records:
+            raise ExperimentError(f"{path} is empty: no header row")
+        header = records[0][1]
+        for line, row in records[1:]:
+            if len(row) != len(header):
+                raise ExperimentError(
+                    f"{path}: line {line} has {len(row)} field(s) where the header has "
+                    f"{len(header)}: the file is cut off or was edited"
+                )
+        absent = [c for c in STATUS_COLUMNS if c not in header]
+        duplicated = sorted({c for c in header if header.count(c) > 1})
+        if absent or duplicated:
+            problem = f"lacks column(s) {absent}" if absent else f"repeats column(s) {duplicated}"
+            raise ExperimentError(f"{path} {problem}: not a results table written by `run`")
+        try:
+            table = pd.read_csv(
+                io.StringIO(text),
+                keep_default_na=False,
+                na_values=[""],
+                dtype={c: str for c in (*STATUS_COLUMNS, "model.name") if c in header},
+            )
+        except (ValueError, pd.errors.ParserError) as err:
+            raise ExperimentError(f"{path}: not a results table ({_first_line(err)})") from None
+        for index in table.index[table["trial_id"].isna()][:1]:
+            raise ExperimentError(f"{path}: line {records[index + 1][0]}: no trial_id")
+        for column in [c for c in table.columns if _is_numeric_column(c)]:
+            for index, value in table[column].items():
+                if not _is_number(value):
+                    raise ExperimentError(
+                        f"{path}: line {records[index + 1][0]}, column {column!r}: {value!r} is "
+                        "not a number"
+                    )
+            table[column] = pd.to_numeric(table[column], errors="coerce")
+        return table
 
     def read_history(self, trial_id: str) -> list[EpochRow]:
         """The trial's rows; a torn last line (a driver killed mid-write) is left out."""
+        rows = []
+        for record in self.history_records(trial_id)[0]:
+            with contextlib.suppress(TypeError):  # a required field missing: not a row
+                rows.append(EpochRow.from_dict(record))
+        return rows
+
+    def history_records(self, trial_id: str) -> tuple[list[dict[str, Any]], int]:
+        """The lines of history.jsonl that are records (a JSON object with an epoch, every
+        number of EpochRow a number), and how many lines were skipped: a torn last line (a
+        driver killed mid-write), or anything else."""
         path = self.trial_dir(trial_id) / "history.jsonl"
         if not path.is_file():
-            return []
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(EpochRow.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
+            return [], 0
+        records, skipped = [], 0
+        for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+            if not line.strip():
                 continue
-        return rows
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+                record = None
+            if _is_record(record):
+                records.append(record)
+            else:
+                skipped += 1
+        return records, skipped
 
     def rewrite_history(self, trial_id: str, rows: list[EpochRow]) -> None:
         text = "".join(json.dumps(row.to_dict()) + "\n" for row in rows)
@@ -456,6 +546,55 @@ def _same_epoch_row(row: EpochRow, held: EpochRow) -> bool:
     return dataclasses.replace(row, checkpoint_path=None) == dataclasses.replace(
         held, checkpoint_path=None
     )
+
+
+# Every results.csv column that holds numbers (empty when unknown): EpochRow's numeric fields,
+# the ledger's own, the best score per metric, and the numeric axes the analysis reads.
+_NUMERIC_FIELDS = tuple(
+    f.name for f in fields(EpochRow) if f.type.split(" |")[0] in ("int", "float")
+)
+_NUMERIC_COLUMNS = frozenset(
+    [
+        *_NUMERIC_FIELDS,
+        "gpus_per_worker",
+        "cpus_per_worker",
+        "global_batch",
+        "per_worker_batch",
+        "epochs_completed",
+        "trial_wall_s",
+        "trial_retries",
+        "model.num_layers",
+        "data.train_fraction",
+        "compute.num_workers",
+        "train.seed",
+    ]
+)
+
+
+def _is_record(record: Any) -> bool:
+    """Whether a history line holds an epoch's record: its EpochRow numbers are numbers."""
+    if not isinstance(record, dict) or "epoch" not in record:
+        return False
+    numbers = [record[name] for name in _NUMERIC_FIELDS if record.get(name) is not None]
+    return all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers)
+
+
+def _is_numeric_column(column: str) -> bool:
+    return column in _NUMERIC_COLUMNS or column.startswith("best_")
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, int | float):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def summarize_error(traceback_text: str) -> str:

@@ -1,7 +1,8 @@
 """``plan``: what a sweep will run, before anything runs (no Ray, no torch).
 
-Checks that the data files exist, counts training examples, estimates parameter counts from the
-architecture, and shows the batch arithmetic and resources of every trial.
+Reads and checks the data files (as the trial will read them), counts training examples,
+estimates parameter counts from the architecture, and shows the batch arithmetic and resources
+of every trial.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from contract.config import (
     TrialConfig,
     describe_resources,
 )
+from contract.datafiles import DataError, read_task_files
 from orchestrator.spec import SpecError, SweepSpec
 
 __all__ = ["PlanRow", "bert_parameter_counts", "plan_rows", "render_plan", "train_split_size"]
@@ -49,64 +51,32 @@ def _architecture(model: ModelConfig) -> tuple[int, int, int | None] | None:
     if model.ladder:
         layers, hidden, inter = model.ladder.num_layers, model.ladder.hidden_size, None
     else:
-        config_file = Path(model.source) / "config.json"
+        config_file = Path(model.source).expanduser() / "config.json"
         if not config_file.is_file():
             return None
-        config = json.loads(config_file.read_text())
-        layers, hidden = config["num_hidden_layers"], config["hidden_size"]
+        config = json.loads(config_file.read_text())  # load_spec has checked it parses
+        layers, hidden = config.get("num_hidden_layers"), config.get("hidden_size")
         inter = config.get("intermediate_size")
+        if not all(isinstance(n, int) for n in (layers, hidden, inter or 0)):
+            return None  # not a BERT-style config: the trial counts its parameters
     return model.num_layers or layers, hidden, inter
 
 
 def _vocab(model: ModelConfig) -> int:
     if model.tokenizer == "wordpiece":
         return model.wordpiece_vocab_size
-    config_file = Path(model.source) / "config.json"
-    if config_file.is_file():
-        return json.loads(config_file.read_text()).get("vocab_size", BERT_VOCAB)
-    return BERT_VOCAB
-
-
-def _count_rows(path: Path) -> int:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    if suffix in (".jsonl", ".json"):
-        return sum(1 for line in path.open(encoding="utf-8") if line.strip())
-    import csv
-
-    import pandas as pd
-
-    sep = "\t" if suffix == ".tsv" else ","
-    quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
-    return len(pd.read_csv(path, sep=sep, quoting=quoting, dtype=str, keep_default_na=False))
+    config_file = Path(model.source).expanduser() / "config.json"
+    vocab = json.loads(config_file.read_text()).get("vocab_size") if config_file.is_file() else None
+    return vocab if isinstance(vocab, int) else BERT_VOCAB
 
 
 def train_split_size(data: DataConfig) -> int:
-    """Rows in the full training split; raises SpecError when a data file is missing."""
+    """Rows in the full training split. Data files are read and checked as the trial reads
+    them (contract.datafiles): DataError, in one line, when one cannot be trained on."""
     if data.source == "synthetic":
         return data.synthetic_train_size
-    if data.source == "glue":
-        layout = GLUE_FILES[data.task]
-        if not data.glue_dir:
-            return layout.train_size
-        task_dir = Path(data.glue_dir) / layout.directory
-        for name in ("train.tsv", layout.validation_file):
-            if not (task_dir / name).is_file():
-                raise SpecError(
-                    f"data.glue_dir: {task_dir / name} not found (expected the glue_data layout: "
-                    f"<glue_dir>/{layout.directory}/train.tsv and {layout.validation_file})"
-                )
-        # QUOTE_NONE files: one row per line (the last line may lack its newline).
-        text = (task_dir / "train.tsv").read_bytes()
-        lines = text.count(b"\n") + (0 if text.endswith(b"\n") else 1)
-        return lines - layout.has_header
-    for key in ("train_file", "validation_file"):
-        if not Path(getattr(data, key)).is_file():
-            raise SpecError(f"data.{key}: {getattr(data, key)} not found")
-    return _count_rows(Path(data.train_file))
+    files = read_task_files(data)
+    return GLUE_FILES[data.task].train_size if files is None else len(files.train)
 
 
 @dataclass(frozen=True)
@@ -132,7 +102,10 @@ def plan_rows(spec: SweepSpec) -> list[PlanRow]:
     for trial in spec.trials:
         key = trial.data.source_key()
         if key not in sizes:
-            sizes[key] = train_split_size(trial.data)
+            try:
+                sizes[key] = train_split_size(trial.data)
+            except DataError as err:
+                raise SpecError(f"{spec.path}: data: {err}") from None
         arch = _architecture(trial.model)
         counts = (
             bert_parameter_counts(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -37,10 +39,15 @@ TOP_LEVEL_KEYS = (
     "storage_path",
     "max_concurrent_trials",
     "trial_retries",  # Tune runs a failed trial again (from its checkpoint) this many times
+    "max_trials",  # the largest grid this spec may expand to (axes x seeds)
     "wandb",  # sweep-level W&B settings (orchestrator.wandb.settings), never a trial axis
 )
 # Where experiment directories go locally (with a cloud storage_path: the local copy).
 DEFAULT_STORAGE_PATH = "experiments"
+# The largest grid a spec may expand to unless it sets max_trials: far above any sweep a
+# cluster finishes in days, and small enough that a typo (100 x 100 x 100) fails at once
+# instead of expanding a million trial configs.
+DEFAULT_MAX_TRIALS = 5000
 
 
 class SpecError(UserError):
@@ -62,8 +69,8 @@ AXIS_FIELDS: tuple[str, ...] = tuple(_field_paths(TrialConfig))
 WANDB_FIELDS: tuple[str, ...] = tuple(_field_paths(WandbConfig, "wandb."))
 
 
-def _did_you_mean(word: str, valid: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+def _did_you_mean(word: object, valid: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(word), valid, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else f"; valid: {', '.join(valid)}"
 
 
@@ -80,6 +87,7 @@ class SweepSpec:
     storage_path: str
     max_concurrent_trials: int | None
     trial_retries: int
+    max_trials: int
     trials: list[TrialConfig]
     wandb: WandbConfig
 
@@ -111,6 +119,7 @@ class SweepSpec:
             "storage_path": self.storage_path,
             "max_concurrent_trials": self.max_concurrent_trials,
             "trial_retries": self.trial_retries,
+            "max_trials": self.max_trials,
             "wandb": self.wandb.model_dump(mode="json"),
         }
 
@@ -131,10 +140,21 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise SpecError(f"{path}: is a directory; give a search-space YAML file")
     if not path.is_file():
         raise SpecError(f"{path}: no such search-space file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as err:
+        raise SpecError(f"{path}: cannot be read: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            f"{path}: not a UTF-8 text file (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start}); a search space is a YAML text file"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -200,6 +220,8 @@ def _check_shape(raw: dict[str, Any], path: Path) -> None:
     if not isinstance(axes, dict):
         raise SpecError(f"{path}: 'axes' must map setting names to lists of values")
     for axis, values in axes.items():
+        if not isinstance(axis, str):
+            raise SpecError(f"{path}: axes: {axis!r} is not a setting name (e.g. train.lr)")
         if axis == "train.seed":
             raise SpecError(f"{path}: axes.train.seed: list the seeds under 'seeds' instead")
         if axis.startswith("wandb."):
@@ -225,6 +247,21 @@ def _check_shape(raw: dict[str, Any], path: Path) -> None:
     retries = raw.get("trial_retries", 0)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise SpecError(f"{path}: 'trial_retries' must be an integer >= 0 (got {retries!r})")
+    limit = raw.get("max_trials", DEFAULT_MAX_TRIALS)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise SpecError(f"{path}: 'max_trials' must be a positive integer (got {limit!r})")
+
+
+def _check_grid_size(axes: dict[str, list[Any]], seeds: list[int], limit: int, path: Path) -> None:
+    """Refuse a grid larger than ``limit`` from its axis lengths, before expanding it."""
+    sizes = [len(values) for values in axes.values()] + [len(seeds)]
+    if math.prod(sizes) > limit:
+        shape = " x ".join(f"{len(v)} {axis}" for axis, v in axes.items())
+        raise SpecError(
+            f"{path}: the grid has {math.prod(sizes):,} trials ({shape or '1 cell'} x "
+            f"{len(seeds)} seed(s)), more than max_trials {limit:,}; shorten an axis, or raise "
+            "max_trials in the file (or with max_trials=N)"
+        )
 
 
 def _validation_message(
@@ -246,11 +283,23 @@ def _validation_message(
     return message + (f" [in grid cell {where}]" if where else "")
 
 
+def _exists(name: str) -> bool:
+    try:
+        return Path(name).expanduser().exists()
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, no home
+        return False
+
+
+def _is_local(name: str) -> bool:
+    """Whether a model or tokenizer name means a local directory (as transformers reads it)."""
+    return _exists(name) or name.startswith(("/", "./", "../", "~"))
+
+
 def _check_model_names(names: list[Any], path: Path) -> None:
     for name in names:
-        if not isinstance(name, str) or name in BERT_LADDER or Path(name).exists():
+        if not isinstance(name, str) or name in BERT_LADDER or _exists(name):
             continue
-        if name.startswith(("/", "./", "../", "~")):
+        if _is_local(name):
             raise SpecError(f"{path}: model.name: local model directory {name!r} not found")
         if "/" in name:
             continue  # a hub id: checked when the trial loads it
@@ -260,6 +309,58 @@ def _check_model_names(names: list[Any], path: Path) -> None:
                 f"{path}: model.name: unknown model {name!r}; did you mean {close[0]!r}? "
                 f"(ladder: {', '.join(BERT_LADDER)}; or a hub id or local directory)"
             )
+
+
+# What AutoTokenizer loads a tokenizer from: its fast file, its config, or a vocabulary.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+
+
+def _check_local_models(trials: list[TrialConfig], path: Path) -> None:
+    """A local model directory must hold a config.json (and a tokenizer, when the model's own
+    is used): otherwise every trial fails, with an error about sentencepiece or tiktoken."""
+    for model in {trial.model for trial in trials}:
+        if not model.ladder and _is_local(model.name):
+            directory = Path(model.name).expanduser()
+            where = f"{path}: model.name: local model directory {model.name!r}"
+            if not directory.is_dir():
+                raise SpecError(f"{where} is not a directory")
+            config = directory / "config.json"
+            if not config.is_file():
+                raise SpecError(
+                    f"{where} has no config.json; expected a directory written by "
+                    "save_pretrained (config.json, weights, tokenizer files)"
+                )
+            try:
+                readable = isinstance(json.loads(config.read_text(encoding="utf-8")), dict)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+                readable = False
+            if not readable:
+                raise SpecError(
+                    f"{config}: not a model config (a JSON object, as transformers writes it)"
+                )
+            if model.tokenizer == "auto" and not model.from_scratch:
+                _check_tokenizer_files(directory, where, path)
+        if model.tokenizer not in ("auto", "wordpiece") and _is_local(model.tokenizer):
+            where = f"{path}: model.tokenizer: local tokenizer directory {model.tokenizer!r}"
+            _check_tokenizer_files(Path(model.tokenizer).expanduser(), where, path)
+
+
+def _check_tokenizer_files(directory: Path, where: str, path: Path) -> None:
+    if not directory.is_dir():
+        raise SpecError(f"{where} is not a directory")
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise SpecError(
+            f"{where} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); set "
+            "model.tokenizer to a tokenizer's hub id or directory, or 'wordpiece' to train one"
+        )
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
@@ -278,6 +379,8 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise SpecError(f"{path}: train.seed: list the seeds under 'seeds' instead")
     axes = dict(raw.get("axes") or {})
     seeds = list(raw.get("seeds", [0]))
+    max_trials = raw.get("max_trials", DEFAULT_MAX_TRIALS)
+    _check_grid_size(axes, seeds, max_trials, path)
     model_names = axes.get("model.name", [base["model"].get("name", "bert-tiny")])
     _check_model_names(model_names, path)
 
@@ -293,6 +396,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
             trials.append(TrialConfig.model_validate(trial_dict))
         except ValidationError as err:
             raise SpecError(f"{path}: {_validation_message(err, cell)}") from None
+    _check_local_models(trials, path)
 
     return SweepSpec(
         path=path,
@@ -304,6 +408,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         storage_path=str(raw.get("storage_path") or DEFAULT_STORAGE_PATH),
         max_concurrent_trials=raw.get("max_concurrent_trials"),
         trial_retries=raw.get("trial_retries", 0),
+        max_trials=max_trials,
         trials=trials,
         wandb=_wandb_config(raw, path, wandb_requested),
     )

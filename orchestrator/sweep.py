@@ -24,7 +24,7 @@ from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search import BasicVariantGenerator
 
-from contract.config import TrialConfig
+from contract.config import DataConfig, TrialConfig
 from contract.rows import METRIC_NAMES, EpochRow, score_column
 from contract.tracking import TrialTracking
 from orchestrator.cluster import (
@@ -34,6 +34,7 @@ from orchestrator.cluster import (
     Admission,
     Gang,
     check_placeable,
+    check_reachable,
     start_order,
     sweep_capacity,
     trial_gang,
@@ -60,6 +61,11 @@ WORKER_ENV = {
     # poll to start, to pass on reports and to finish: seconds of idle per small trial.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
+# Set in this (the Tune driver's) process: Tune's own console output off, as _TuneEvents prints
+# one line per epoch and per trial (a failed trial's with the path to its traceback). Tune's
+# controller prints each failed trial's whole traceback, and its new output engine a config
+# table and two lines per error whatever RunConfig(verbose=0) says; the legacy one obeys it.
+DRIVER_ENV = {"TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_AIR_NEW_OUTPUT": "0"}
 # Only on a local instance, which no cloud can preempt: no preemption-watcher actor per trial
 # (one more process to start, ~1 CPU-second each on a small machine; see BENCHMARKS.md).
 LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
@@ -202,7 +208,8 @@ class _TuneEvents(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial: Trial, **info) -> None:
         reason = self.ledger.fail(trial.trial_id, trial.config, _error_text(trial))
-        self._print_end(trial, FAILED, f"error: {reason}")
+        error_file = self.ledger.experiment.trial_dir(trial.trial_id) / "error.txt"
+        self._print_end(trial, FAILED, f"error: {reason} (traceback: {error_file})")
 
     def on_trial_recover(self, iteration, trials, trial: Trial, **info) -> None:
         record = self.ledger.retry(trial.trial_id, trial.config)
@@ -334,7 +341,9 @@ def run_sweep(
     """
     home = storage_root(spec.storage_path, experiment_dir) if is_uri(spec.storage_path) else None
     experiment = ExperimentDir(experiment_dir, home=home)
-    _check_data(spec)
+    _check_hub_data(spec)
+    if address:
+        check_reachable(address)  # before the directory is made: nothing left behind
     try:
         experiment.create(spec)
     except OSError as err:
@@ -360,6 +369,8 @@ def resume_sweep(location: str | Path, *, address: str | None = None) -> Experim
     if not (experiment.path / "spec.yaml").is_file():
         raise SpecError(f"{experiment.location}: not an experiment directory (no spec.yaml)")
     spec = load_spec(experiment.path / "spec.yaml")
+    if address:
+        check_reachable(address)
     if experiment.home is None and is_uri(spec.storage_path):
         # A local copy without its home's name (made by `aws s3 sync`): the spec says where.
         experiment = ExperimentDir(
@@ -463,12 +474,12 @@ def _drive(
     sweep.raise_if_stopped()
 
 
-def _check_data(spec: SweepSpec) -> None:
-    """Load every distinct data source once, before Ray starts: a missing column, a label
-    outside the label set or an unreachable dataset is a one-line error, not N failed trials."""
+def _check_hub_data(spec: SweepSpec) -> None:
+    """Load every GLUE task that comes from the hub, before Ray starts: unreachable offline, it
+    is a one-line error, not N failed trials. (``plan_rows`` has checked every data file.)"""
     from trainables.data import load_task_data
 
-    sources = {t.data.source_key(): t.data for t in spec.trials}
+    sources = {t.data.source_key(): t.data for t in spec.trials if _from_hub(t.data)}
     for data in sources.values():
         try:
             load_task_data(data)
@@ -476,7 +487,13 @@ def _check_data(spec: SweepSpec) -> None:
             raise SpecError(f"{spec.path}: data: {str(err).strip().splitlines()[0]}") from None
 
 
+def _from_hub(data: DataConfig) -> bool:
+    return data.source == "glue" and not data.glue_dir
+
+
 def _init_ray(address: str | None) -> None:
+    for key, value in DRIVER_ENV.items():
+        os.environ.setdefault(key, value)
     env = WORKER_ENV | ({} if address else LOCAL_ENV)
     env |= {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env = {k: v for k, v in env.items() if k not in _job_env_vars()}

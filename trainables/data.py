@@ -6,11 +6,9 @@ columns: ``text_a``, optional ``text_b``, and ``label`` (int64 class id, or floa
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,10 +16,10 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import pandas as pd
 from filelock import FileLock
 
 from contract.config import GLUE_FILES, DataConfig
+from contract.datafiles import GLUE_COLUMNS, TaskFiles, read_task_files
 
 __all__ = [
     "TaskData",
@@ -33,12 +31,11 @@ __all__ = [
 ]
 
 # Bump when loading or tokenising changes what lands in the cache, so old entries are not reused.
-_LOADER_VERSION = 1
+_LOADER_VERSION = 2
 _TOKENIZE_VERSION = 1
 
 _HUB_GLUE = "nyu-mll/glue"
 _CLASSIFICATION_METRICS = ("accuracy", "f1")
-_REGRESSION_METRICS = ("pearson", "spearmanr")
 
 
 @dataclass(frozen=True)
@@ -64,11 +61,15 @@ def default_cache_dir() -> Path:
 
 
 def load_task_data(cfg: DataConfig) -> TaskData:
-    """Load the task ``cfg`` describes, with the full training split (subset with nested_subset)."""
+    """Load the task ``cfg`` describes, with the full training split (subset with nested_subset).
+
+    Data files are read and checked by ``contract.datafiles`` (DataError, a ValueError, names
+    the file, line and column of what is wrong)."""
+    files = read_task_files(cfg)
+    if files is not None:
+        return _from_files(cfg, files)
     if cfg.source == "glue":
-        return _load_glue(cfg)
-    if cfg.source == "files":
-        return _load_files(cfg)
+        return _load_glue_hub(cfg)
     return _load_synthetic(cfg)
 
 
@@ -130,276 +131,92 @@ def _make_dataset(
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
-# --- GLUE ------------------------------------------------------------------------------------
+# --- files (GLUE TSVs, user files) -----------------------------------------------------------
+
+# The hub's GLUE: its text columns and validation split per task (the local files' layout,
+# and every check of them, is contract.datafiles: the same for plan, run and the trial).
+_HUB_GLUE_TEXT = {
+    "cola": ("sentence",),
+    "sst2": ("sentence",),
+    "mrpc": ("sentence1", "sentence2"),
+    "stsb": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"),
+    "wnli": ("sentence1", "sentence2"),
+}
+_HUB_VALIDATION = {"mnli": "validation_matched"}
 
 
-@dataclass(frozen=True)
-class _GlueColumns:
-    """What the TSV columns of a GLUE task are called; the file layout is config.GLUE_FILES."""
-
-    text_a: str
-    text_b: str | None
-    label: str
-    file_labels: tuple[str, ...] | None  # label strings in the TSV, in hub id order; None: scores
-    label_names: tuple[str, ...] | None  # the hub's names for those ids
-    hub_text: tuple[str, ...]  # the hub dataset's text columns
-    hub_validation: str = "validation"
-
-
-_BINARY = ("0", "1")
-_NLI = ("entailment", "not_entailment")
-_COLA_COLUMNS = ("source", "label", "judgement", "sentence")  # CoLA's files have no header
-_GLUE: dict[str, _GlueColumns] = {
-    "cola": _GlueColumns(
-        "sentence", None, "label", _BINARY, ("unacceptable", "acceptable"), ("sentence",)
-    ),
-    "sst2": _GlueColumns(
-        "sentence", None, "label", _BINARY, ("negative", "positive"), ("sentence",)
-    ),
-    "mrpc": _GlueColumns(
-        "#1 String", "#2 String", "Quality", _BINARY, ("not_equivalent", "equivalent"),
-        ("sentence1", "sentence2"),
-    ),
-    "stsb": _GlueColumns("sentence1", "sentence2", "score", None, None, ("sentence1", "sentence2")),
-    "qqp": _GlueColumns(
-        "question1", "question2", "is_duplicate", _BINARY, ("not_duplicate", "duplicate"),
-        ("question1", "question2"),
-    ),
-    "mnli": _GlueColumns(
-        "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
-        ("entailment", "neutral", "contradiction"), ("premise", "hypothesis"),
-        hub_validation="validation_matched",
-    ),
-    "qnli": _GlueColumns("question", "sentence", "label", _NLI, _NLI, ("question", "sentence")),
-    "rte": _GlueColumns("sentence1", "sentence2", "label", _NLI, _NLI, ("sentence1", "sentence2")),
-    "wnli": _GlueColumns(
-        "sentence1", "sentence2", "label", _BINARY, ("not_entailment", "entailment"),
-        ("sentence1", "sentence2"),
-    ),
-}  # fmt: skip
-
-
-def _read_tsv(path: Path, names: tuple[str, ...] | None = None) -> pd.DataFrame:
-    # QUOTE_NONE: GLUE sentences may begin with an unbalanced quote, which default quoting would
-    # swallow into the next field. keep_default_na=False and dtype=str keep "NA", "null" and ""
-    # as the text they are; utf-8-sig drops MRPC's byte-order mark.
-    try:
-        return pd.read_csv(
-            path,
-            sep="\t",
-            quoting=csv.QUOTE_NONE,
-            keep_default_na=False,
-            dtype=str,
-            encoding="utf-8-sig",
-            header=None if names else 0,
-            names=list(names) if names else None,
+def _from_files(cfg: DataConfig, files: TaskFiles) -> TaskData:
+    regression = files.problem_type == "regression"
+    splits = [
+        _make_dataset(
+            split.texts[0],
+            split.texts[1] if len(split.texts) == 2 else None,
+            np.asarray(split.labels, dtype=np.float32 if regression else np.int64),
+            regression,
         )
-    except pd.errors.ParserError as err:
-        raise ValueError(f"{path}: not a well-formed TSV file: {err}") from err
-
-
-def _require_columns(frame: pd.DataFrame, columns: list[str], path: Path, what: str) -> None:
-    for column in columns:
-        if column not in frame.columns:
-            raise ValueError(
-                f"{path}: no {what} column {column!r}; columns present: {list(frame.columns)}"
-            )
-
-
-def _read_glue_split(path: Path, columns: _GlueColumns, has_header: bool) -> datasets.Dataset:
-    frame = _read_tsv(path, None if has_header else _COLA_COLUMNS)
-    text = [columns.text_a] + ([columns.text_b] if columns.text_b else [])
-    _require_columns(frame, [*text, columns.label], path, "GLUE")
-    raw = frame[columns.label]
-    regression = columns.file_labels is None
-    if regression:
-        labels = pd.to_numeric(raw, errors="coerce").to_numpy(np.float32)
-    else:
-        labels = raw.map({name: i for i, name in enumerate(columns.file_labels)}).to_numpy()
-    bad = np.flatnonzero(pd.isna(labels))
-    if len(bad):
-        raise ValueError(
-            f"{path}: row {bad[0] + 1} has label {raw.iloc[bad[0]]!r} in column "
-            f"{columns.label!r}; expected {'a number' if regression else list(columns.file_labels)}"
-        )
-    return _make_dataset(
-        frame[columns.text_a].tolist(),
-        frame[columns.text_b].tolist() if columns.text_b else None,
-        labels if regression else labels.astype(np.int64),
-        regression,
+        for split in (files.train, files.validation)
+    ]
+    paths = [files.train.path, files.validation.path]
+    # What decides the examples: the files' identities and the columns and labels taken.
+    identity = [cfg.task] if cfg.source == "glue" else [cfg.text_columns, cfg.label_column]
+    return TaskData(
+        train=splits[0],
+        validation=splits[1],
+        num_labels=files.num_labels,
+        problem_type=files.problem_type,
+        metric_names=files.metric_names,
+        label_names=files.label_names,
+        fingerprint=_fingerprint(
+            cfg.source,
+            _LOADER_VERSION,
+            *identity,
+            files.problem_type,
+            list(map(_file_identity, paths)),
+        ),
     )
 
 
-def _load_glue(cfg: DataConfig) -> TaskData:
-    files, columns = GLUE_FILES[cfg.task], _GLUE[cfg.task]
-    expected = f"{files.directory}/train.tsv and {files.directory}/{files.validation_file}"
-    if cfg.glue_dir:
-        task_dir = Path(cfg.glue_dir).expanduser() / files.directory
-        paths = [task_dir / "train.tsv", task_dir / files.validation_file]
-        for path in paths:
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"GLUE task {cfg.task}: {path} not found; glue_dir (or $GLUE_DIR) must hold "
-                    f"the standard glue_data layout: {expected}"
-                )
-        train, validation = (_read_glue_split(p, columns, files.has_header) for p in paths)
-        fingerprint = _fingerprint(
-            "glue-files", _LOADER_VERSION, cfg.task, [_file_identity(p) for p in paths]
-        )
-    else:
-        try:
-            splits = datasets.load_dataset(_HUB_GLUE, cfg.task)
-        except OSError as err:  # offline, unreachable or not cached (ConnectionError is one)
-            # Advice first: callers may show only the first line, and the hub's error comes last.
-            raise OSError(
-                f"GLUE task {cfg.task} could not be loaded from the Hugging Face hub "
-                f"({_HUB_GLUE}); offline, set data.glue_dir (or $GLUE_DIR) to a local glue_data "
-                f"directory holding {expected}. Hub error: {err}"
-            ) from err
-        train, validation = splits["train"], splits[columns.hub_validation]
-        # The hub datasets' own fingerprints identify the cached Arrow files they come from.
-        fingerprint = _fingerprint(
-            "glue-hub", _LOADER_VERSION, cfg.task, train._fingerprint, validation._fingerprint
-        )
-        train, validation = _from_hub(train, columns), _from_hub(validation, columns)
+def _load_glue_hub(cfg: DataConfig) -> TaskData:
+    files, columns = GLUE_FILES[cfg.task], GLUE_COLUMNS[cfg.task]
+    try:
+        splits = datasets.load_dataset(_HUB_GLUE, cfg.task)
+    except OSError as err:  # offline, unreachable or not cached (ConnectionError is one)
+        # Advice first: callers may show only the first line, and the hub's error comes last.
+        expected = f"{files.directory}/train.tsv and {files.directory}/{files.validation_file}"
+        raise OSError(
+            f"GLUE task {cfg.task} could not be loaded from the Hugging Face hub "
+            f"({_HUB_GLUE}); offline, set data.glue_dir (or $GLUE_DIR) to a local glue_data "
+            f"directory holding {expected}. Hub error: {err}"
+        ) from err
+    train = splits["train"]
+    validation = splits[_HUB_VALIDATION.get(cfg.task, "validation")]
+    # The hub datasets' own fingerprints identify the cached Arrow files they come from.
+    fingerprint = _fingerprint(
+        "glue-hub", _LOADER_VERSION, cfg.task, train._fingerprint, validation._fingerprint
+    )
+    regression = columns.file_labels is None
     return TaskData(
-        train=train,
-        validation=validation,
+        train=_from_hub(train, _HUB_GLUE_TEXT[cfg.task], regression),
+        validation=_from_hub(validation, _HUB_GLUE_TEXT[cfg.task], regression),
         num_labels=files.num_labels,
-        problem_type="regression" if columns.file_labels is None else "classification",
-        metric_names=GLUE_FILES[cfg.task].metrics,
+        problem_type="regression" if regression else "classification",
+        metric_names=files.metrics,
         label_names=columns.label_names,
         fingerprint=fingerprint,
     )
 
 
-def _from_hub(split: datasets.Dataset, columns: _GlueColumns) -> datasets.Dataset:
+def _from_hub(
+    split: datasets.Dataset, text_columns: tuple[str, ...], regression: bool
+) -> datasets.Dataset:
     """The hub's columns renamed to ours; its ClassLabel ids become plain int64, like the files."""
-    renames = dict(zip(columns.hub_text, ("text_a", "text_b"), strict=False))
-    split = split.select_columns([*columns.hub_text, "label"]).rename_columns(renames)
-    label_type = "float32" if columns.file_labels is None else "int64"
-    return split.cast_column("label", datasets.Value(label_type))
-
-
-# --- user files ------------------------------------------------------------------------------
-
-_READERS = {
-    ".csv": lambda p: pd.read_csv(p, keep_default_na=False, dtype=str, encoding="utf-8-sig"),
-    ".tsv": _read_tsv,
-    ".jsonl": lambda p: pd.read_json(p, lines=True, dtype=False),
-    ".json": lambda p: pd.read_json(p, lines=True, dtype=False),
-    ".parquet": pd.read_parquet,
-}
-_INT_LABEL = re.compile(r"-?\d+")
-
-
-def _read_table(path: Path, field: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"data.{field}: {path} not found")
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise ValueError(
-            f"data.{field}: {path} has an unsupported extension; use one of {', '.join(_READERS)}"
-        )
-    try:
-        return reader(path)
-    except (pd.errors.ParserError, ValueError) as err:  # malformed CSV or JSON lines
-        raise ValueError(f"data.{field}: {path} could not be read: {err}") from err
-
-
-def _strings(frame: pd.DataFrame, column: str, path: Path, what: str = "column") -> list[str]:
-    """A column as text, refusing empty cells. Labels too are compared as text, so "1" in a
-    CSV and 1 in a JSON file are the same class."""
-    values = frame[column]
-    missing = np.flatnonzero(values.isna().to_numpy())
-    if len(missing):
-        raise ValueError(f"{path}: {what} {column!r} is empty in row {missing[0] + 1}")
-    return values.astype(str).tolist()
-
-
-def _class_ids(
-    train_keys: list[str], validation_keys: list[str], paths: dict[str, Path]
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    classes = sorted(set(train_keys))
-    if len(classes) < 2:
-        raise ValueError(f"{paths['train_file']}: needs two or more classes, found {classes}")
-    if all(_INT_LABEL.fullmatch(key) for key in classes):
-        classes.sort(key=int)  # integer labels 0..K-1 keep their own values as ids
-    ids = {key: i for i, key in enumerate(classes)}
-    unknown = next((key for key in validation_keys if key not in ids), None)
-    if unknown is not None:
-        raise ValueError(
-            f"{paths['validation_file']}: label {unknown!r} does not occur in the training file; "
-            f"training labels: {classes}"
-        )
-    to_ids = np.vectorize(ids.__getitem__, otypes=[np.int64])
-    return to_ids(train_keys), to_ids(validation_keys), tuple(classes)
-
-
-def _scores(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
-    scores = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float32)
-    bad = np.flatnonzero(np.isnan(scores))
-    if len(bad):
-        raise ValueError(
-            f"{path}: row {bad[0] + 1} of label column {column!r} is "
-            f"{frame[column].iloc[bad[0]]!r}, not a number (problem_type is regression)"
-        )
-    return scores
-
-
-def _file_metrics(regression: bool, label_names: tuple[str, ...] | None) -> tuple[str, ...]:
-    if regression:
-        return _REGRESSION_METRICS
-    # Binary F1 scores class 1 (the second label in sorted order); with more classes it is moot.
-    return _CLASSIFICATION_METRICS if len(label_names) == 2 else ("accuracy",)
-
-
-def _load_files(cfg: DataConfig) -> TaskData:
-    paths = {
-        "train_file": Path(cfg.train_file).expanduser(),
-        "validation_file": Path(cfg.validation_file).expanduser(),
-    }
-    frames = {}
-    for field, path in paths.items():
-        frame = _read_table(path, field)
-        _require_columns(frame, cfg.text_columns, path, "text")
-        _require_columns(frame, [cfg.label_column], path, "label")
-        frames[field] = frame
-    train_path, validation_path = paths["train_file"], paths["validation_file"]
-    regression = cfg.problem_type == "regression"
-    if regression:
-        train_labels = _scores(frames["train_file"], cfg.label_column, train_path)
-        validation_labels = _scores(frames["validation_file"], cfg.label_column, validation_path)
-        label_names = None
-    else:
-        train_labels, validation_labels, label_names = _class_ids(
-            _strings(frames["train_file"], cfg.label_column, train_path, "label column"),
-            _strings(frames["validation_file"], cfg.label_column, validation_path, "label column"),
-            paths,
-        )
-    split_data = {}
-    for field, labels in (("train_file", train_labels), ("validation_file", validation_labels)):
-        frame, path = frames[field], paths[field]
-        texts = [_strings(frame, column, path) for column in cfg.text_columns]
-        split_data[field] = _make_dataset(
-            texts[0], texts[1] if len(texts) == 2 else None, labels, regression
-        )
-    return TaskData(
-        train=split_data["train_file"],
-        validation=split_data["validation_file"],
-        num_labels=1 if regression else len(label_names),
-        problem_type=cfg.problem_type,
-        metric_names=_file_metrics(regression, label_names),
-        label_names=label_names,
-        fingerprint=_fingerprint(
-            "files",
-            _LOADER_VERSION,
-            [_file_identity(p) for p in paths.values()],
-            cfg.text_columns,
-            cfg.label_column,
-            cfg.problem_type,
-        ),
-    )
+    renames = dict(zip(text_columns, ("text_a", "text_b"), strict=False))
+    split = split.select_columns([*text_columns, "label"]).rename_columns(renames)
+    return split.cast_column("label", datasets.Value("float32" if regression else "int64"))
 
 
 # --- synthetic -------------------------------------------------------------------------------

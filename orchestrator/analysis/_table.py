@@ -12,7 +12,6 @@ tables, marked, and out of every fitted law.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import pandas as pd
 from contract.rows import result_fields
 from orchestrator.analysis import _format
 from orchestrator.analysis._errors import AnalysisError
-from orchestrator.experiment import STATUS_COLUMNS, TRIAL_COLUMNS
+from orchestrator.experiment import STATUS_COLUMNS, TRIAL_COLUMNS, ExperimentDir, ExperimentError
 
 __all__ = [
     "DATA",
@@ -54,7 +53,6 @@ _FIXED_AXES = (MODEL, DATA, WORKERS)
 # Columns that make up the model identity or the seed: never an extra axis of their own.
 _NOT_EXTRA = {"model.name", "model.num_layers", DATA, WORKERS, SEED}
 
-_SPEC_KEYS = ("name", "primary_metric", "axes", "seeds", "num_trials")
 # What the analysis reads: the ledger's columns, the axes, and these fields of each trial's row.
 _REQUIRED_COLUMNS = (
     *STATUS_COLUMNS,
@@ -73,7 +71,6 @@ _REQUIRED_COLUMNS = (
         "eval_loss",
     ),
 )
-_TEXT_COLUMNS = {"trial_id": str, "label": str, "status": str, "error": str, "model.name": str}
 FINISHED = "TERMINATED"
 # The score of the best constant prediction, when results.csv has no chance_<metric> column
 # (sweeps from before the trials reported it): 0 by definition for correlations. Accuracy and
@@ -174,14 +171,17 @@ def load_experiment(directory: Path) -> Experiment:
     directory = Path(directory)
     if not directory.is_dir():
         raise AnalysisError(f"experiment directory not found: {directory}")
-    spec = _read_spec(directory / "experiment.json")
-    results = directory / "results.csv"
-    if not results.is_file():
-        raise AnalysisError(f"no results: {results} does not exist (has the sweep run a trial?)")
+    experiment = ExperimentDir(directory)
+    results = experiment.results_csv
     try:
-        trials = pd.read_csv(results, dtype=_TEXT_COLUMNS, keep_default_na=True)
-    except pd.errors.EmptyDataError:
-        raise AnalysisError(f"no results: {results} is empty") from None
+        spec = experiment.metadata()
+        if not results.is_file():
+            raise AnalysisError(
+                f"no results: {results} does not exist (has the sweep run a trial?)"
+            )
+        trials = experiment.read_results()
+    except ExperimentError as err:
+        raise AnalysisError(str(err)) from None
     if trials.empty:
         raise AnalysisError(f"no results: {results} has a header but no trials")
     absent = [c for c in _REQUIRED_COLUMNS if c not in trials.columns]
@@ -189,7 +189,7 @@ def load_experiment(directory: Path) -> Experiment:
         raise AnalysisError(f"{results} lacks column(s): {', '.join(absent)}")
     trials["error"] = trials["error"].fillna("")
     trials["status"] = trials["status"].fillna("").str.upper()
-    history, notes = _read_histories(directory, trials["trial_id"])
+    history, notes = _read_histories(experiment, trials["trial_id"])
     return Experiment(
         directory=directory,
         name=str(spec["name"]),
@@ -203,35 +203,19 @@ def load_experiment(directory: Path) -> Experiment:
     )
 
 
-def _read_spec(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise AnalysisError(f"{path} not found: not an experiment directory written by `run`")
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise AnalysisError(f"{path} is not valid JSON ({error})") from None
-    absent = [key for key in _SPEC_KEYS if key not in spec]
-    if absent:
-        raise AnalysisError(f"{path} lacks key(s): {', '.join(absent)}")
-    return spec
-
-
-def _read_histories(directory: Path, trial_ids: pd.Series) -> tuple[pd.DataFrame, tuple[str, ...]]:
+def _read_histories(
+    experiment: ExperimentDir, trial_ids: pd.Series
+) -> tuple[pd.DataFrame, tuple[str, ...]]:
     rows: list[dict[str, Any]] = []
     absent, unreadable = 0, 0
     for trial_id in trial_ids:
-        path = directory / "trials" / trial_id / "history.jsonl"
-        if not path.is_file():
+        if not (experiment.trial_dir(trial_id) / "history.jsonl").is_file():
             absent += 1
             continue
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                rows.append({"trial_id": trial_id, **json.loads(line)})
-            except json.JSONDecodeError:
-                # A trial killed mid-write leaves a torn last line; the epochs before it are fine.
-                unreadable += 1
+        # A trial killed mid-write leaves a torn last line; the epochs before it are fine.
+        records, skipped = experiment.history_records(trial_id)
+        rows += [{**record, "trial_id": trial_id} for record in records]
+        unreadable += skipped
     notes = []
     if absent:
         notes.append(f"{absent} trial(s) have no history.jsonl (failed before the first epoch?)")

@@ -223,6 +223,13 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
     finished_histories = {
         t: (experiment / "trials" / t / "history.jsonl").read_text() for t in finished.index
     }
+    if how == signal.SIGKILL:  # killed mid-write: a torn last line, which resume must survive
+        unfinished = before[before["status"] != "TERMINATED"]["trial_id"]
+        torn = [experiment / "trials" / t / "history.jsonl" for t in unfinished]
+        torn = [path for path in torn if path.is_file()]
+        assert torn
+        with torn[0].open("a") as f:
+            f.write('{"epoch": 1, "train_lo')
 
     resume = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "resume", str(experiment)],

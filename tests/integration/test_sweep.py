@@ -35,6 +35,8 @@ def sweep(tmp_path_factory, scalesweep):
     experiment = root / "experiment"
     run = scalesweep("run", space, "-o", experiment)
     assert run.returncode == 0, run.stdout + run.stderr
+    (root / "stdout.txt").write_text(run.stdout)
+    (root / "stderr.txt").write_text(run.stderr)
     table = pd.read_csv(experiment / "results.csv", keep_default_na=False, na_values=[""])
     return experiment, table
 
@@ -91,6 +93,22 @@ def test_failed_trials_are_rows_with_a_reason(sweep):
         assert "\n" not in row["error"]
         assert (experiment / "trials" / row["trial_id"] / "error.txt").is_file()
         assert pd.isna(row["eval_accuracy"])
+
+
+def test_each_failed_trial_is_one_line_on_the_console(sweep):
+    experiment, table = sweep
+    stdout = (experiment.parent / "stdout.txt").read_text()
+    stderr = (experiment.parent / "stderr.txt").read_text()
+    # Neither Tune's print of each trial's traceback nor its own error lines and tables.
+    assert "Traceback" not in stdout + stderr and "Error file:" not in stdout
+    assert "Configuration for experiment" not in stdout
+    for _, row in table[table["status"] == "ERROR"].iterrows():
+        error_file = experiment.resolve() / "trials" / row["trial_id"] / "error.txt"
+        lines = [line for line in stdout.splitlines() if f"{row['label']} ERROR" in line]
+        assert lines == [
+            f"{lines[0].split(' — ')[0]} — error: {row['error']} (traceback: {error_file})"
+        ]
+        assert len(error_file.read_text().splitlines()) > 10  # the whole traceback is kept
 
 
 def test_results_command_prints_the_table(sweep, scalesweep):

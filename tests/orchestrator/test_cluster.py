@@ -6,9 +6,12 @@ import copy
 import json
 import random
 import re
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import tomllib
 from collections import Counter
 from importlib.util import find_spec
@@ -25,11 +28,13 @@ from contract.config import ComputeConfig, TrialConfig
 from orchestrator.cli import main
 from orchestrator.cluster import (
     DRIVER_NODE_RESOURCE,
+    GCS_PROBE_METHOD,
     Admission,
     Capacity,
     ClusterError,
     NodeType,
     check_placeable,
+    check_reachable,
     cluster_now,
     gangs_that_fit,
     load_cluster_file,
@@ -649,3 +654,63 @@ def test_plan_times_trials_with_the_latest_run_of_the_same_spec(
     out = capsys.readouterr().out
     assert f"estimate (measured in {path} (1 finished trials))" in out
     assert "per trial: 35 s" in out
+
+
+# --- joining a cluster -----------------------------------------------------------------------
+
+
+def _refused_address(address: str, timeout_s: float = 5) -> str:
+    started = time.monotonic()
+    with pytest.raises(ClusterError) as caught:
+        check_reachable(address, timeout_s=timeout_s)
+    assert time.monotonic() - started < timeout_s + 2
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens
+
+
+def test_unreachable_addresses_fail_fast_in_one_line():
+    port = _closed_port()
+    assert "Connection refused" in _refused_address(f"127.0.0.1:{port}")
+    assert "Connection refused" in _refused_address(f"ray://127.0.0.1:{port}")
+    assert "not host:port" in _refused_address("head-node")
+    assert "is an HTTP address" in _refused_address("http://127.0.0.1:8265")
+    check_reachable("local")  # starts a cluster of its own: nothing to reach
+
+
+def test_a_server_that_is_not_a_gcs_is_refused():
+    # Anything that accepts a connection (a proxy, a web server) must not pass for a GCS:
+    # ray.init would then wait for minutes.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        threading.Thread(target=lambda: server.accept()[0].recv(1024), daemon=True).start()
+        message = _refused_address(f"127.0.0.1:{port}", timeout_s=2)
+    assert "no answer within 2 s" in message or "not a Ray GCS" in message
+
+
+def test_the_gcs_probe_names_a_method_of_the_installed_ray():
+    from ray.core.generated import gcs_service_pb2_grpc
+
+    service, method = GCS_PROBE_METHOD.strip("/").split("/")
+    source = Path(gcs_service_pb2_grpc.__file__).read_text()
+    assert f"'/{service}/{method}'" in source
+
+
+def test_run_on_an_unreachable_cluster_fails_fast_and_leaves_no_directory(tmp_path, scalesweep):
+    space = Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml"
+    out = tmp_path / "experiment"
+    started = time.monotonic()
+    run = scalesweep(
+        "run", space, "-o", out, timeout=120, env={"RAY_ADDRESS": f"127.0.0.1:{_closed_port()}"}
+    )
+    assert time.monotonic() - started < 60
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("error: cannot reach the Ray cluster address '127.0.0.1:")
+    assert run.stderr.count("\n") == 1 and not out.exists()

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from contract.config import DataConfig
+from contract.datafiles import DataError
 from orchestrator.cli import main
 from orchestrator.plan import bert_parameter_counts, plan_rows, train_split_size
-from orchestrator.spec import SpecError, load_spec
+from orchestrator.spec import load_spec
 
 GLUE_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"GLUE files not at {GLUE_DIR}")
@@ -31,9 +32,7 @@ def test_glue_train_sizes_from_local_files():
 
 
 def test_missing_glue_files_are_a_clear_error(tmp_path):
-    with pytest.raises(
-        SpecError, match=r"MRPC/train.tsv not found \(expected the glue_data layout"
-    ):
+    with pytest.raises(DataError, match=r"MRPC/train.tsv not found; glue_dir"):
         train_split_size(DataConfig(source="glue", task="mrpc", glue_dir=str(tmp_path)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,10 @@ def test_overrides_set_values_and_replace_axes(tmp_path):
             "'max_concurrent_trials' must be a positive integer",
         ),
         ("name: x\ntrial_retries: -1\n", "'trial_retries' must be an integer >= 0 (got -1)"),
+        ("name: x\nmax_trials: 0\n", "'max_trials' must be a positive integer (got 0)"),
+        ("name: x\n1: 2\n", "unknown key 1; valid:"),
+        ("name: x\naxes: {1: [2]}\n", "axes: 1 is not a setting name"),
+        ("name: x\nmodel: {name: .}\n", "local model directory '.' has no config.json"),
         (
             "name: x\ntrain: {progress_timeout_s: 0}\n",
             "train.progress_timeout_s: Input should be greater than 0",
@@ -190,6 +195,58 @@ def test_error_names_the_grid_cell(tmp_path):
     )
     with pytest.raises(SpecError, match=r"\[in grid cell compute.num_workers=3, train.seed=0\]"):
         load_spec(path)
+
+
+def _plan_error(capsys, *args: str) -> str:
+    assert main(["plan", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_a_binary_spec_file_or_a_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "space.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    assert "not a UTF-8 text file" in _plan_error(capsys, str(tmp_path / "space.yaml"))
+    assert "is a directory; give a search-space YAML file" in _plan_error(capsys, str(tmp_path))
+
+
+def test_a_huge_grid_fails_fast_before_expanding(tmp_path, capsys):
+    axes = ", ".join(
+        f"{a}: [{', '.join(str(v) for v in range(1, 101))}]"
+        for a in ("train.epochs", "compute.global_batch_size", "data.max_length")
+    )
+    path = write(tmp_path, f"name: x\naxes: {{{axes}}}\n")
+    started = time.monotonic()
+    err = _plan_error(capsys, str(path))
+    assert time.monotonic() - started < 5
+    assert "the grid has 1,000,000 trials (100 train.epochs x 100 compute.global_batch_size" in err
+    assert "more than max_trials 5,000" in err
+    # The limit is a setting: raised in the file or on the command line.
+    small = write(tmp_path, "name: x\naxes: {train.epochs: [1, 2, 3]}\nseeds: [0, 1]\n")
+    assert "6 trials" in _plan_error(capsys, str(small), "max_trials=5")
+    assert load_spec(small, ["max_trials=6"]).max_trials == 6
+    assert load_spec(small, ["max_trials=6"]).to_dict()["max_trials"] == 6
+
+
+def test_local_model_directories_need_a_config_and_a_tokenizer(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    space = write(tmp_path, f"name: x\nmodel: {{name: {model}}}\n")
+    assert "has no config.json" in _plan_error(capsys, str(space))
+    (model / "config.json").write_text("[1]")
+    assert "config.json: not a model config" in _plan_error(capsys, str(space))
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    assert "has no tokenizer files (tokenizer.json" in _plan_error(capsys, str(space))
+    # A model trained from scratch, or with a tokenizer of its own, needs none.
+    load_spec(space, ["model.from_scratch=true"])
+    load_spec(space, ["model.tokenizer=wordpiece"])
+    (model / "vocab.txt").write_text("[PAD]\n")
+    assert load_spec(space).trials[0].model.name == str(model)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "local tokenizer directory" in _plan_error(
+        capsys, str(space), f"model.tokenizer={empty}"
+    )
 
 
 def test_missing_file_and_bad_override(tmp_path):
