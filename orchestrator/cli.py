@@ -8,7 +8,9 @@ Examples:
   scalesweep run search_spaces/mrpc_bert_ladder.yaml --address auto --cluster cluster.yaml
   scalesweep run search_spaces/quickstart.yaml 'axes.model.name=[bert-tiny]' -o experiments/try1
   scalesweep run search_spaces/quickstart.yaml wandb.project=my-scaling --wandb online
+  scalesweep run search_spaces/quickstart.yaml --progress-every 10
   scalesweep resume experiments/quickstart
+  scalesweep status experiments/quickstart --watch
   scalesweep results experiments/quickstart
   scalesweep analyze experiments/quickstart --target 0.8 --price-per-gpu-hour 2.5
   scalesweep analyze experiments/mrpc_bert_ladder --flops-budget 1e17
@@ -18,18 +20,23 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from contract.tracking import WandbMode
 from orchestrator.cluster import ClusterError, load_cluster_file, probe
 from orchestrator.errors import UserError
 from orchestrator.experiment import ExperimentDir
+from orchestrator.monitor import DEFAULT_PROGRESS_EVERY_S, ProgressOptions
 from orchestrator.plan import plan_rows, render_plan
+from orchestrator.progress import SWEEP_RUNNING
 from orchestrator.resource_plan import BENCHMARKED, measured_throughput, render_resources
 from orchestrator.spec import DEFAULT_STORAGE_PATH, SpecError, SweepSpec, load_spec
+from orchestrator.status import TrialEstimates, read_status, render_status
 from orchestrator.storage import is_uri, remote_exists, storage_root
 from orchestrator.wandb.views import describe_runs, publish_analysis, sync_runs
 
@@ -93,6 +100,7 @@ def cmd_run(
     address: str | None,
     cluster: Path | None = None,
     wandb: str | None = None,
+    progress: ProgressOptions | None = None,
 ) -> int:
     """Run the sweep on local Ray (default) or a cluster, writing the experiment directory."""
     if wandb:
@@ -108,18 +116,48 @@ def cmd_run(
         raise SpecError(f"{remote} exists already; pick another -o/--experiment-dir name")
     from orchestrator.sweep import run_sweep  # imports Ray: only when a sweep really runs
 
-    path = run_sweep(spec, experiment_dir, address=address, cluster_file=cluster)
+    path = run_sweep(spec, experiment_dir, address=address, cluster_file=cluster, progress=progress)
     cmd_results(path)
     return 0
 
 
-def cmd_resume(experiment_dir: Path, address: str | None) -> int:
+def cmd_resume(
+    experiment_dir: Path, address: str | None, progress: ProgressOptions | None = None
+) -> int:
     """Continue an interrupted sweep: finished trials stay, unfinished ones resume."""
     from orchestrator.sweep import resume_sweep  # imports Ray
 
-    path = resume_sweep(experiment_dir, address=address)
+    path = resume_sweep(experiment_dir, address=address, progress=progress)
     cmd_results(path)
     return 0
+
+
+def cmd_status(experiment_dir: str, *, watch: float | None = None) -> int:
+    """Where a sweep stands, from its experiment directory: per trial its state, epoch, step,
+    latest metric and ETA; the sweep's counts, elapsed time, ETA and GPU-hours so far."""
+    if is_uri(experiment_dir):
+        # Reading an experiment directory in place on storage comes with durable experiment
+        # directories; until then `run` copies it there only when the sweep ends.
+        raise SpecError(
+            f"{experiment_dir}: status reads a local experiment directory for now; copy it "
+            "first (e.g. aws s3 sync URI DIR), or run status on the node that runs the sweep"
+        )
+    experiment = ExperimentDir(experiment_dir)
+    estimates = None
+    while True:
+        status = read_status(experiment, estimates=estimates)
+        estimates = estimates or TrialEstimates(experiment)
+        if watch and sys.stdout.isatty():
+            print("\033[2J\033[H", end="")  # clear the screen: one screen, redrawn
+        print(render_status(status, experiment_dir), flush=True)
+        if not watch or status.state != SWEEP_RUNNING or status.stale:
+            return 0
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            return 0
+        if not sys.stdout.isatty():
+            print()
 
 
 def cmd_results(experiment_dir: Path) -> int:
@@ -223,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=cluster_help + " (default on a `ray up` head: its autoscaler config; else the "
         "cluster's nodes now)",
     )
+    _add_progress_options(run)
     wandb_modes = [mode.value for mode in WandbMode]
     run.add_argument(
         "--wandb",
@@ -234,6 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help=cmd_resume.__doc__)
     resume.add_argument("experiment_dir", type=Path)
     resume.add_argument("--address", help="Ray cluster to join (default: as for run)")
+    _add_progress_options(resume)
+
+    status = commands.add_parser("status", help=cmd_status.__doc__.split(":")[0])
+    status.add_argument("experiment_dir", help="experiment directory")
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=5.0,
+        type=_seconds,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 5) until the sweep is no longer running",
+    )
 
     results = commands.add_parser("results", help=cmd_results.__doc__)
     results.add_argument("experiment_dir", type=Path)
@@ -273,6 +324,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _add_progress_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress-every",
+        type=_seconds,
+        default=DEFAULT_PROGRESS_EVERY_S,
+        metavar="SECONDS",
+        help="how often each running trial reports its step, speed, loss and ETAs, on the "
+        f"console and in trials/<id>/progress.json (default {DEFAULT_PROGRESS_EVERY_S:g})",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress lines within trials (and no live display): only trial starts, "
+        "epochs, ends and the sweep's status line; progress records are still written",
+    )
+
+
+def _progress(args: argparse.Namespace) -> ProgressOptions:
+    return ProgressOptions(every_s=args.progress_every, quiet=args.quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -293,9 +375,13 @@ def main(argv: list[str] | None = None) -> int:
                 address,
                 args.cluster,
                 wandb=args.wandb,
+                progress=_progress(args),
             )
         if args.command == "resume":
-            return cmd_resume(args.experiment_dir, args.address or os.environ.get("RAY_ADDRESS"))
+            address = args.address or os.environ.get("RAY_ADDRESS")
+            return cmd_resume(args.experiment_dir, address, _progress(args))
+        if args.command == "status":
+            return cmd_status(args.experiment_dir, watch=args.watch)
         if args.command == "analyze":
             options = {
                 k: v for k, v in vars(args).items() if k not in ("command", "experiment_dir")

@@ -2,7 +2,10 @@
 
 One Tune trial per grid cell; each trial runs ``trainables.driver.run_trial``, which fits a
 TorchTrainer. A Tune callback streams every report into the experiment directory as it arrives,
-so an interrupted or failing sweep keeps everything that finished.
+so an interrupted or failing sweep keeps everything that finished. Between reports, each trial's
+rank 0 sends its progress to the sweep's ``ProgressBoard`` actor, which the same callback reads
+about every second (``orchestrator.monitor`` writes and shows it); the console is the sweep's
+own, in place of Tune's.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.experimental.output import AirVerbosity
+from ray.tune.experimental.output import ProgressReporter as TuneConsole
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from contract.config import TrialConfig
@@ -30,10 +36,12 @@ from orchestrator.cluster import (
     sweep_capacity,
 )
 from orchestrator.experiment import FAILED, FINISHED, ExperimentDir, Ledger, summarize_error
+from orchestrator.monitor import DEFAULT_PROGRESS_EVERY_S, ProgressOptions, SweepMonitor
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from orchestrator.storage import is_uri, storage_root, upload
 from orchestrator.wandb.views import SweepTracking
 from trainables.driver import run_trial
+from trainables.progress_board import ProgressChannel, find_board, start_board
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +69,73 @@ FORWARDED_ENV = (
     "SCALESWEEP_CACHE",
     "WANDB_BASE_URL",
 )
+# How often the sweep's callback looks for progress records (and redraws a live display).
+POLL_S = 1.0
+# How this run of the driver shows progress (run_sweep and resume_sweep set it). Not an attribute
+# of _TuneEvents: Tune pickles its callbacks at launch, and a resumed sweep restores them as they
+# were then, whatever options it was resumed with.
+_progress_options = ProgressOptions()
+
+
+class _QuietTuneConsole(TuneConsole):
+    """Takes Tune's console: Tune prints its experiment box ("Configuration for experiment"),
+    "View detailed results here" and its status tables through the first reporter of this kind
+    among the callbacks, whatever the verbosity, and adds its own only after ours. This one
+    prints nothing: the sweep's console is _TuneEvents'. Tune's files are unaffected."""
+
+    def __init__(self) -> None:
+        super().__init__(AirVerbosity.SILENT)
+
+    def experiment_started(self, *args, **kwargs) -> None:
+        pass
+
+    def print_heartbeat(self, *args, **kwargs) -> None:
+        pass
 
 
 class _TuneEvents(tune.Callback):
     """Tune's events, translated for the experiment directory's ``Ledger``, and printed as
-    one line per trial start, epoch and end."""
+    one line per trial start, epoch and end; progress within trials, read from the sweep's
+    board, goes to the ``SweepMonitor``."""
 
-    def __init__(self, experiment: ExperimentDir, total: int) -> None:
+    def __init__(self, experiment: ExperimentDir, total: int, concurrency: int = 1) -> None:
         self.experiment = experiment
         self.total = total
+        self.concurrency = concurrency
 
     def setup(self, **info) -> None:
         # Made here, not in __init__: a resumed sweep restores this callback as it was pickled
         # at launch, and the ledger must read what the interrupted run wrote.
         self.ledger = Ledger(self.experiment)
+        self.monitor = SweepMonitor(
+            self.experiment,
+            self.ledger,
+            concurrency=self.concurrency,
+            options=_progress_options,
+        )
+        self.board = find_board()
+        self._polled = 0.0
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info) -> None:
+        if time.monotonic() - self._polled < POLL_S:
+            return
+        self._polled = time.monotonic()
+        records = {}
+        if self.board is not None:
+            try:
+                records = ray.get(self.board.take.remote(), timeout=POLL_S * 5)
+            except Exception as err:  # the board died: the sweep goes on without progress
+                log.warning("progress within trials is off from now on: %s", err)
+                self.board = None
+        self.monitor.received(records)
+        self.monitor.tick()
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         if trial.trial_id in self.ledger.finished_before:
             return  # its row stands; the trial function returns at once (see _tune_trial)
         resumed = self.ledger.start(trial.trial_id, trial.config)
         print(f"  {_label(trial)} {'resumed' if resumed else 'started'} ({trial.trial_id})")
+        self.monitor.trial_started(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial: Trial, result: dict, **info) -> None:
         row = EpochRow.from_dict(result)  # Tune's own keys (iteration, time, ...) dropped
@@ -94,10 +149,12 @@ class _TuneEvents(tune.Callback):
         self.ledger.finish(trial.trial_id, trial.config, FINISHED)
         history = self.ledger.records[trial.trial_id].history
         self._print_end(trial, FINISHED, _scores(history[-1]) if history else "no epochs")
+        self.monitor.trial_ended(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial: Trial, **info) -> None:
         reason = self.ledger.fail(trial.trial_id, trial.config, _error_text(trial))
         self._print_end(trial, FAILED, f"error: {reason}")
+        self.monitor.trial_ended(trial.trial_id)
 
     def on_trial_recover(self, iteration, trials, trial: Trial, **info) -> None:
         record = self.ledger.retry(trial.trial_id, trial.config)
@@ -108,6 +165,7 @@ class _TuneEvents(tune.Callback):
         # Only a completion or an error event finishes a row: a trial still running when the
         # sweep stopped (Ctrl-C) is INTERRUPTED, whatever Tune calls it; `resume` continues it.
         self.ledger.end()
+        self.monitor.close()  # progress.json says finished (or interrupted); the live display ends
 
     def _print_end(self, trial: Trial, status: str, outcome: str) -> None:
         wall = self.ledger.records[trial.trial_id].wall_s or 0.0
@@ -136,6 +194,8 @@ def _tune_trial(
     storage_path: str,
     tracking: TrialTracking | None,
     finished: frozenset[str] = frozenset(),
+    board: Any = None,
+    progress_every_s: float = DEFAULT_PROGRESS_EVERY_S,
 ) -> None:
     """The Tune function: runs the trial with Ray Train, whose reports reach Tune per epoch
     (TuneReportCallback); returning None adds no extra result.
@@ -143,7 +203,8 @@ def _tune_trial(
     The run is named after the trial id, so a trial run again (a Tune retry, a resumed sweep)
     finds its own checkpoints, and its W&B run. ``finished``: trials a resumed sweep must not
     run again; Tune saves its own state every few seconds, so after a killed driver it may not
-    know that they had finished.
+    know that they had finished. ``board``: the sweep's ``ProgressBoard``, where rank 0 sends
+    progress every ``progress_every_s`` seconds.
     """
     started_at = time.time()
     context = tune.get_context()
@@ -156,6 +217,7 @@ def _tune_trial(
         name=f"{context.get_experiment_name()}-{trial_id}",
         callbacks=[TuneReportCallback()],
         tracking=tracking.for_trial(trial_id, started_at) if tracking else None,
+        progress=ProgressChannel(board, trial_id, progress_every_s) if board else None,
     )
 
 
@@ -172,12 +234,16 @@ def run_sweep(
     *,
     address: str | None = None,
     cluster_file: Path | None = None,
+    progress: ProgressOptions | None = None,
 ) -> Path:
     """Run every trial of ``spec`` on local Ray (default) or the cluster at ``address``.
 
     Concurrency follows ``cluster_file`` at full scale when given (what the autoscaler can add),
     else the cluster's nodes now; with a URI ``storage_path`` trial state goes there too.
+    ``progress``: how often trials send progress, and how the console shows it.
     """
+    global _progress_options
+    _progress_options = progress = progress or ProgressOptions()
     experiment = ExperimentDir(experiment_dir)
     _check_data(spec)
     try:
@@ -196,14 +262,17 @@ def run_sweep(
             file=sys.stderr,
         )
         tuner = tune.Tuner(
-            _trainable(storage, tracking),
+            _trainable(storage, tracking, start_board(), progress.every_s),
             param_space=spec.param_space(),
             # Reused trial-driver actors: no new process (and imports) per trial.
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=storage,
-                callbacks=[_TuneEvents(experiment, len(spec.trials))],
+                callbacks=[
+                    _QuietTuneConsole(),
+                    _TuneEvents(experiment, len(spec.trials), concurrency),
+                ],
                 failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
                 verbose=0,  # _TuneEvents prints one line per epoch and per trial
             ),
@@ -214,9 +283,16 @@ def run_sweep(
     return experiment.path
 
 
-def resume_sweep(experiment_dir: Path, *, address: str | None = None) -> Path:
+def resume_sweep(
+    experiment_dir: Path,
+    *,
+    address: str | None = None,
+    progress: ProgressOptions | None = None,
+) -> Path:
     """Continue an interrupted sweep (Ctrl-C, killed driver, lost head node): finished trials
     are kept as they are, unfinished ones resume from their latest checkpoints."""
+    global _progress_options
+    _progress_options = progress = progress or ProgressOptions()
     experiment = ExperimentDir(experiment_dir)
     if not (experiment.path / "spec.yaml").is_file():
         raise SpecError(f"{experiment.path}: not an experiment directory (no spec.yaml)")
@@ -231,7 +307,7 @@ def resume_sweep(experiment_dir: Path, *, address: str | None = None) -> Path:
         finished = frozenset(r.trial_id for r in experiment.load_records() if r.status == FINISHED)
         tuner = tune.Tuner.restore(
             f"{storage}/tune",
-            trainable=_trainable(storage, tracking, finished),
+            trainable=_trainable(storage, tracking, start_board(), progress.every_s, finished),
             resume_unfinished=True,
             resume_errored=False,  # a trial that failed for a reason would fail again
         )
@@ -269,9 +345,20 @@ def _init_ray(address: str | None) -> None:
     )
 
 
-def _trainable(storage: str, tracking: SweepTracking, finished: frozenset[str] = frozenset()):
+def _trainable(
+    storage: str,
+    tracking: SweepTracking,
+    board: Any,
+    progress_every_s: float,
+    finished: frozenset[str] = frozenset(),
+):
     trial_fn = tune.with_parameters(
-        _tune_trial, storage_path=f"{storage}/train", tracking=tracking.trials, finished=finished
+        _tune_trial,
+        storage_path=f"{storage}/train",
+        tracking=tracking.trials,
+        finished=finished,
+        board=board,
+        progress_every_s=progress_every_s,
     )
     return tune.with_resources(trial_fn, DRIVER_RESOURCES)
 

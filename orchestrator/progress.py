@@ -1,0 +1,170 @@
+"""A running sweep's progress records, and the arithmetic of its ETAs (no Ray).
+
+<dir>/progress.json                 ``SweepProgress``: the sweep's state, elapsed time, slots
+<dir>/trials/<trial_id>/progress.json  ``TrialProgress``: the trial's latest ``StepProgress``
+
+The sweep rewrites both (atomically, through ``ExperimentDir``) at every progress interval and
+as trials start and end; ``scalesweep status`` reads them back. Times are Unix times of the
+machine that runs the sweep; ETAs are seconds from ``updated_at``, so a reader subtracts the age
+of the record (``remaining``).
+
+ETA of a trial: the steps left in its epochs at the latest seconds per step, plus one
+evaluation per epoch left at the latest evaluation's time. ETA of the sweep: running trials
+finish at their ETAs, pending trials take the time ``plan``'s model gives them
+(``resource_plan.Throughput``, from this sweep's finished trials once there are some), and each
+starts on the first slot that frees (``finish_times``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from contract.progress import StepProgress
+
+__all__ = [
+    "SWEEP_FINISHED",
+    "SWEEP_INTERRUPTED",
+    "SWEEP_RUNNING",
+    "SweepProgress",
+    "TrialProgress",
+    "epoch_eta_s",
+    "finish_times",
+    "format_duration",
+    "remaining",
+    "sweep_eta_s",
+    "trial_eta_s",
+]
+
+# The states of a sweep (a trial's are its results.csv status: TERMINATED, ERROR, ...).
+SWEEP_RUNNING, SWEEP_FINISHED, SWEEP_INTERRUPTED = "running", "finished", "interrupted"
+
+
+def epoch_eta_s(p: StepProgress) -> float:
+    """Seconds until the epoch under way is trained and evaluated (0 once it is evaluated)."""
+    if p.evaluated:
+        return 0.0
+    steps_left = max(0, p.steps_per_epoch - p.epoch_step)
+    return steps_left * p.step_time_s + (p.eval_time_s or 0.0)
+
+
+def trial_eta_s(p: StepProgress) -> float:
+    """Seconds until the trial's last epoch is evaluated: this epoch's rest, then each epoch
+    left at the latest step time and evaluation time."""
+    epoch_s = p.steps_per_epoch * p.step_time_s + (p.eval_time_s or 0.0)
+    return epoch_eta_s(p) + max(0, p.epochs - p.epoch) * epoch_s
+
+
+def remaining(eta_s: float | None, since_s: float) -> float | None:
+    """An ETA ``since_s`` seconds after it was computed (never below 0)."""
+    return None if eta_s is None else max(0.0, eta_s - since_s)
+
+
+def finish_times(running: Sequence[float], pending: Sequence[float], slots: int) -> list[float]:
+    """When each ``pending`` trial ends, in seconds from now: ``running`` trials end after their
+    remaining seconds; each pending trial, in order, starts on the first of ``slots`` to free up
+    and takes its seconds (list scheduling: Tune admits trials in grid order)."""
+    free = sorted(running)
+    free += [0.0] * max(0, max(slots, 1) - len(free))
+    heapq.heapify(free)
+    ends = []
+    for seconds in pending:
+        ends.append(heapq.heappop(free) + seconds)
+        heapq.heappush(free, ends[-1])
+    return ends
+
+
+def sweep_eta_s(running: Sequence[float], pending: Sequence[float], slots: int) -> float:
+    """Seconds until the last trial ends (``finish_times``); 0 when nothing is left."""
+    return max([*running, *finish_times(running, pending, slots)], default=0.0)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``45s``, ``3m05s``, ``2h07m``; ``?`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = round(max(0.0, seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrialProgress:
+    """A running trial's latest position, as the sweep received it from rank 0."""
+
+    trial_id: str
+    label: str
+    updated_at: float  # Unix time the sweep received it
+    wall_s: float  # the trial's wall time then, over all its runs (start-up included)
+    progress: StepProgress
+
+    @property
+    def epoch_eta_s(self) -> float:
+        return epoch_eta_s(self.progress)
+
+    @property
+    def trial_eta_s(self) -> float:
+        return trial_eta_s(self.progress)
+
+    def to_dict(self) -> dict[str, Any]:
+        """One flat JSON object: the ``StepProgress`` fields and ETAs beside the trial's."""
+        return {
+            "trial_id": self.trial_id,
+            "label": self.label,
+            "updated_at": self.updated_at,
+            "wall_s": self.wall_s,
+            **self.progress.to_dict(),
+            "epoch_eta_s": self.epoch_eta_s,
+            "trial_eta_s": self.trial_eta_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialProgress:
+        """From ``to_dict`` (the ETAs are derived again); raises KeyError or TypeError when
+        a field is missing or of the wrong kind."""
+        return cls(
+            trial_id=str(data["trial_id"]),
+            label=str(data["label"]),
+            updated_at=float(data["updated_at"]),
+            wall_s=float(data["wall_s"]),
+            progress=StepProgress.from_dict(data),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepProgress:
+    """The sweep's own record: whether it runs, since when, and on how many slots."""
+
+    state: str  # running | finished | interrupted
+    started_at: float  # Unix time the sweep was first launched
+    updated_at: float  # Unix time of this record
+    elapsed_s: float  # the driver's wall time over all its runs (launch and resumes) until then
+    num_trials: int
+    concurrency: int  # trials that run at once (max_concurrent_trials)
+    progress_every_s: float  # the progress interval: records are this fresh while it runs
+    eta_s: float | None = None  # seconds until the last trial ends, as of updated_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SweepProgress:
+        """From ``to_dict``; KeyError, TypeError or ValueError for a missing or wrong field."""
+        eta = data.get("eta_s")
+        return cls(
+            state=str(data["state"]),
+            started_at=float(data["started_at"]),
+            updated_at=float(data["updated_at"]),
+            elapsed_s=float(data["elapsed_s"]),
+            num_trials=int(data["num_trials"]),
+            concurrency=int(data["concurrency"]),
+            progress_every_s=float(data["progress_every_s"]),
+            eta_s=None if eta is None else float(eta),
+        )
