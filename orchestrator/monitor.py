@@ -257,5 +257,5 @@ class SweepMonitor:
         state = SWEEP_FINISHED if ended == self.meta["num_trials"] else SWEEP_INTERRUPTED
         status = self.write(state)
         self.console.close(status)
-        print(status_line(status).replace("[sweep]", f"[sweep {state}]"), flush=True)
+        print(status_line(status), flush=True)
         return status

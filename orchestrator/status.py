@@ -272,7 +272,10 @@ def read_status(
         raise FileNotFoundError(
             f"{experiment.path}: not an experiment directory (no readable experiment.json)"
         ) from None
-    records = experiment.load_records()
+    try:
+        records = experiment.load_records()
+    except ValueError:  # results.csv still empty: no trial has started
+        records = []
     sweep = experiment.read_sweep_progress()
     state, age, stale, elapsed, slots = _state_of(records, meta["num_trials"]), None, False, None, 1
     if sweep is not None:  # else a sweep from before progress records: no ETA, no elapsed time
@@ -327,13 +330,17 @@ def _best(status: SweepStatus) -> str:
 
 
 def status_line(status: SweepStatus) -> str:
-    """One line: counts, best metric, elapsed, ETA, cost (the console, as trials start and end)."""
+    """One line: counts, best metric, elapsed, ETA, cost (the console, as trials start and end);
+    a sweep that stopped says so in its tag, ``[sweep finished]``, and has no ETA."""
     ended = status.finished + status.failed
     failed = f" ({status.failed} failed)" if status.failed else ""
+    running = status.state == SWEEP_RUNNING
+    tag = "[sweep]" if running else f"[sweep {status.state}]"
+    eta = f", ETA {format_duration(status.eta_s)}" if running else ""
     return (
-        f"[sweep] {ended}/{status.num_trials} done{failed}, {status.running} running, "
+        f"{tag} {ended}/{status.num_trials} done{failed}, {status.running} running, "
         f"{status.pending} pending · {_best(status)} · {format_duration(status.elapsed_s)} "
-        f"elapsed, ETA {format_duration(status.eta_s)} · {_hours(status)}"
+        f"elapsed{eta} · {_hours(status)}"
     )
 
 

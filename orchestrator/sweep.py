@@ -15,15 +15,16 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 from ray.tune.experiment import Trial
-from ray.tune.experimental.output import AirVerbosity
-from ray.tune.experimental.output import ProgressReporter as TuneConsole
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.progress_reporter import TrialProgressCallback
 
 from contract.config import TrialConfig
 from contract.rows import METRIC_NAMES, EpochRow, score_column
@@ -69,6 +70,11 @@ FORWARDED_ENV = (
     "SCALESWEEP_CACHE",
     "WANDB_BASE_URL",
 )
+# Tune's older output engine, the one that a callback can silence (_NoTuneConsole); read by
+# Tune in the process that runs the sweep, while it runs.
+_TUNE_OUTPUT = {"RAY_AIR_NEW_OUTPUT": "0"}
+# Tune's logger that says where it saved its state, at the end of every sweep (INFO).
+_TUNE_LOGGER = "ray.tune.tune"
 # How often the sweep's callback looks for progress records (and redraws a live display).
 POLL_S = 1.0
 # How this run of the driver shows progress (run_sweep and resume_sweep set it). Not an attribute
@@ -77,19 +83,21 @@ POLL_S = 1.0
 _progress_options = ProgressOptions()
 
 
-class _QuietTuneConsole(TuneConsole):
-    """Takes Tune's console: Tune prints its experiment box ("Configuration for experiment"),
-    "View detailed results here" and its status tables through the first reporter of this kind
-    among the callbacks, whatever the verbosity, and adds its own only after ours. This one
-    prints nothing: the sweep's console is _TuneEvents'. Tune's files are unaffected."""
+class _NoTuneConsole(TrialProgressCallback):
+    """Takes the place of Tune's console, and prints nothing: the sweep's console is
+    _TuneEvents'. With its older output engine (``_TUNE_OUTPUT``) and ``verbose=0``, Tune prints
+    no experiment box, results path or status tables, and adds its per-trial printer (this
+    class's base, which prints every failed and every finished trial whatever the verbosity)
+    only when the callbacks hold none. Tune's newer engine has no such switch: its reporter
+    prints each failed trial at any verbosity. Tune's files stay as they are."""
 
-    def __init__(self) -> None:
-        super().__init__(AirVerbosity.SILENT)
-
-    def experiment_started(self, *args, **kwargs) -> None:
+    def on_trial_result(self, *args, **kwargs) -> None:
         pass
 
-    def print_heartbeat(self, *args, **kwargs) -> None:
+    def on_trial_error(self, *args, **kwargs) -> None:
+        pass
+
+    def on_trial_complete(self, *args, **kwargs) -> None:
         pass
 
 
@@ -114,21 +122,30 @@ class _TuneEvents(tune.Callback):
             options=_progress_options,
         )
         self.board = find_board()
+        self._taking = None  # the board's answer to come (an ObjectRef)
         self._polled = 0.0
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info) -> None:
         if time.monotonic() - self._polled < POLL_S:
             return
         self._polled = time.monotonic()
-        records = {}
-        if self.board is not None:
-            try:
-                records = ray.get(self.board.take.remote(), timeout=POLL_S * 5)
-            except Exception as err:  # the board died: the sweep goes on without progress
-                log.warning("progress within trials is off from now on: %s", err)
-                self.board = None
-        self.monitor.received(records)
+        self.monitor.received(self._take())
         self.monitor.tick()
+
+    def _take(self) -> dict:
+        """What the board holds, without ever waiting for it (Tune's loop runs in this thread):
+        each poll collects the answer to the previous one's request, if it came."""
+        if self.board is None:
+            return {}
+        if self._taking is not None and not ray.wait([self._taking], timeout=0)[0]:
+            return {}  # the board is starting, or busy
+        taking, self._taking = self._taking, self.board.take.remote()
+        try:
+            return ray.get(taking) if taking is not None else {}
+        except Exception as err:  # the board died: the sweep goes on without progress
+            log.warning("progress within trials is off from now on: %s", err)
+            self.board = None
+            return {}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         if trial.trial_id in self.ledger.finished_before:
@@ -270,14 +287,15 @@ def run_sweep(
                 name="tune",
                 storage_path=storage,
                 callbacks=[
-                    _QuietTuneConsole(),
+                    _NoTuneConsole(),
                     _TuneEvents(experiment, len(spec.trials), concurrency),
                 ],
                 failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
                 verbose=0,  # _TuneEvents prints one line per epoch and per trial
             ),
         )
-        tuner.fit()
+        with _quiet_tune():
+            tuner.fit()
     finally:
         _finish(spec, experiment, storage, tracking)
     return experiment.path
@@ -311,10 +329,30 @@ def resume_sweep(
             resume_unfinished=True,
             resume_errored=False,  # a trial that failed for a reason would fail again
         )
-        tuner.fit()
+        with _quiet_tune():
+            tuner.fit()
     finally:
         _finish(spec, experiment, storage, tracking)
     return experiment.path
+
+
+@contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Tune without its console output (see _NoTuneConsole), while the sweep runs."""
+    before = {k: os.environ.get(k) for k in _TUNE_OUTPUT}
+    tune_logger = logging.getLogger(_TUNE_LOGGER)
+    level = tune_logger.level
+    os.environ.update(_TUNE_OUTPUT)
+    tune_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        tune_logger.setLevel(level)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _check_data(spec: SweepSpec) -> None:
