@@ -64,6 +64,8 @@ class ProgressOptions:
 class PlainConsole:
     """Lines, for logs and pipes: one per trial per interval; the sweep's as trials start/end."""
 
+    live = False  # redrawn every poll (else only written to as things happen)
+
     def __init__(self, *, quiet: bool = False) -> None:
         self.quiet = quiet
 
@@ -89,6 +91,8 @@ class LiveConsole(PlainConsole):
     this process's stdout and stderr while it is up. Worker logs never reach this console (the
     sweep runs with ``log_to_driver=False``), so nothing else writes between its frames.
     """
+
+    live = True
 
     def __init__(self) -> None:
         super().__init__(quiet=True)
@@ -147,7 +151,8 @@ class LiveConsole(PlainConsole):
                 format_duration(remaining(record.epoch_eta_s, age)),
                 format_duration(remaining(record.trial_eta_s, age)),
             )
-        return Group(table, Text(status_line(status), style="bold"))
+        line = Text(status_line(status), style="bold")
+        return Group(table, line) if table.row_count else line
 
 
 class SweepMonitor:
@@ -219,12 +224,16 @@ class SweepMonitor:
         return status
 
     def trial_started(self, trial_id: str) -> None:
-        self.console.sweep_changed(self.write())
+        self._changed(self.write())
 
     def trial_ended(self, trial_id: str) -> None:
         self.progress.pop(trial_id, None)
         self.estimates.refresh()  # one more measured trial for plan's model
-        self.console.sweep_changed(self.write())
+        self._changed(self.write())
+
+    def _changed(self, status: SweepStatus) -> None:
+        self.console.sweep_changed(status)
+        self.console.refresh(status, self.progress)
 
     def received(self, records: Mapping[str, Mapping[str, Any]]) -> None:
         """Progress records that arrived (trial id -> ``StepProgress.to_dict()``)."""
@@ -249,7 +258,8 @@ class SweepMonitor:
         status = None
         if self.clock() - self._written >= self.options.every_s:
             status = self.write()
-        self.console.refresh(status or self.status(), self.progress)
+        if self.console.live:
+            self.console.refresh(status or self.status(), self.progress)
 
     def close(self) -> SweepStatus:
         """The sweep stopped: its record says finished, or interrupted; the console's last line."""

@@ -202,8 +202,8 @@ def sweep_status(
         if record.status == RUNNING:
             if latest is not None:
                 eta = remaining(latest.trial_eta_s, now - latest.updated_at)
-            elif guess is not None:  # starting up: plan's estimate, less the time so far
-                eta = max(0.0, guess - (wall or 0.0))
+            elif guess is not None and guess > (wall or 0.0):  # starting: plan's estimate
+                eta = guess - (wall or 0.0)
             running_left.append(eta)
         elif record.status == INTERRUPTED:  # a resumed sweep runs it again
             queued.append(guess)
@@ -318,9 +318,10 @@ def _state_of(records: list[TrialRecord], num_trials: int) -> str:
 
 
 def _hours(status: SweepStatus) -> str:
+    """GPU-hours spent; CPU-hours when the trials use no GPU."""
     if status.gpu_hours or not status.cpu_hours:
         return f"{status.gpu_hours:.2f} GPU-h"
-    return f"0 GPU-h ({status.cpu_hours:.2f} CPU-h)"
+    return f"{status.cpu_hours:.2f} CPU-h"
 
 
 def _best(status: SweepStatus) -> str:

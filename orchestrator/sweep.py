@@ -118,7 +118,8 @@ class _TuneEvents(tune.Callback):
         self.monitor = SweepMonitor(
             self.experiment,
             self.ledger,
-            concurrency=self.concurrency,
+            # A sweep launched before progress existed pickled no concurrency.
+            concurrency=getattr(self, "concurrency", 1),
             options=_progress_options,
         )
         self.board = find_board()

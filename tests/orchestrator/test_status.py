@@ -226,3 +226,24 @@ def test_estimates_match_trials_by_their_whole_config(experiment):
     config = json.loads(json.dumps(records[0].config))  # as Tune hands it back
     assert estimates.seconds(config) == estimates.seconds(records[0].config)
     assert TrialConfig.model_validate(config).label() == records[0].label
+
+
+def test_the_live_display_shows_running_trials_under_the_status_line(experiment):
+    from rich.console import Console
+
+    from orchestrator.monitor import LiveConsole
+
+    records = mid_sweep(experiment, age_s=0.0)
+    status = read_status(experiment, now=NOW)
+    progress = {records[5].trial_id: experiment.read_progress(records[5].trial_id)}
+    console = Console(width=130, record=True, force_terminal=False)
+    console.print(LiveConsole._render(status, progress))
+    text = console.export_text()
+    row = next(line for line in text.splitlines() if line.startswith(records[5].label))
+    assert "2/3" in row and "40/125" in row and "300" in row and "0.5500" in row
+    assert text.rstrip().splitlines()[-1].startswith("[sweep] 5/8 done, 1 running, 2 pending")
+    # Nothing running: the status line alone.
+    finished = read_status(ExperimentDir(FIXTURE), now=NOW)
+    console = Console(width=130, record=True)
+    console.print(LiveConsole._render(finished, {}))
+    assert console.export_text().startswith("[sweep finished] 8/8 done")
