@@ -232,7 +232,8 @@ class SweepMonitor:
         self._changed(self.write())
 
     def _changed(self, status: SweepStatus) -> None:
-        self.console.sweep_changed(status)
+        if status.finished + status.failed < status.num_trials:  # else close() says it
+            self.console.sweep_changed(status)
         self.console.refresh(status, self.progress)
 
     def received(self, records: Mapping[str, Mapping[str, Any]]) -> None:

@@ -448,8 +448,7 @@ def render_status(status: SweepStatus, where: str = "DIR") -> str:
     errors = [t for t in shown if t.state == FAILED and t.error]
     for t in errors[:3]:
         lines.append(f"{t.label}: {t.error[:150]}")
-    if status.age_s is not None and status.state == SWEEP_RUNNING:
-        lines.append(
-            f"(as of {format_duration(status.age_s)} ago; a pending trial's ETA: when it would end)"
-        )
+    if status.age_s is not None and status.state == SWEEP_RUNNING and not status.stale:
+        pending = "; a pending trial's ETA: when it would end" if status.pending else ""
+        lines.append(f"(as of {format_duration(status.age_s)} ago{pending})")
     return "\n".join(lines)
