@@ -10,9 +10,12 @@ Examples:
   scalesweep run search_spaces/quickstart.yaml wandb.project=my-scaling --wandb online
   scalesweep run search_spaces/quickstart.yaml --progress-every 10
   scalesweep resume experiments/quickstart
+  scalesweep resume s3://my-bucket/sweeps/mrpc_bert_ladder
   scalesweep status experiments/quickstart --watch
+  scalesweep status s3://my-bucket/sweeps/mrpc_bert_ladder
   scalesweep results experiments/quickstart
   scalesweep analyze experiments/quickstart --target 0.8 --price-per-gpu-hour 2.5
+  scalesweep analyze s3://my-bucket/sweeps/mrpc_bert_ladder --price-per-gpu-hour 1.0
   scalesweep analyze experiments/mrpc_bert_ladder --flops-budget 1e17
   scalesweep wandb experiments/quickstart --sync
 """
@@ -23,13 +26,15 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from contract.tracking import WandbMode
 from orchestrator.cluster import ClusterError, load_cluster_file, probe
-from orchestrator.errors import UserError
+from orchestrator.errors import Interrupted, UserError
 from orchestrator.experiment import ExperimentDir
 from orchestrator.monitor import DEFAULT_PROGRESS_EVERY_S, ProgressOptions
 from orchestrator.plan import plan_rows, render_plan
@@ -51,8 +56,8 @@ def cmd_plan(
     address: str | None = None,
     measured: Path | None = None,
 ) -> int:
-    """Validate a search space and print one row per trial, the resources it needs, how many
-    trials run at once on a cluster, and the GPU-hours; starts no Ray (unless --address)."""
+    """Validate a search space and print one row per trial, the resources it needs, the
+    GPU-hours, and the makespan and utilisation on a cluster; starts no Ray (unless --address)."""
     spec = load_spec(file, overrides)
     rows = plan_rows(spec)
     print(render_plan(spec, rows))
@@ -116,53 +121,53 @@ def cmd_run(
         raise SpecError(f"{remote} exists already; pick another -o/--experiment-dir name")
     from orchestrator.sweep import run_sweep  # imports Ray: only when a sweep really runs
 
-    path = run_sweep(spec, experiment_dir, address=address, cluster_file=cluster, progress=progress)
-    cmd_results(path)
+    experiment = run_sweep(
+        spec, experiment_dir, address=address, cluster_file=cluster, progress=progress
+    )
+    _print_results(experiment)
     return 0
 
 
 def cmd_resume(
-    experiment_dir: Path, address: str | None, progress: ProgressOptions | None = None
+    experiment_dir: str | Path, address: str | None, progress: ProgressOptions | None = None
 ) -> int:
-    """Continue an interrupted sweep: finished trials stay, unfinished ones resume."""
+    """Continue an interrupted sweep, from its directory or its URI (on any machine): finished
+    trials stay, unfinished ones resume."""
     from orchestrator.sweep import resume_sweep  # imports Ray
 
-    path = resume_sweep(experiment_dir, address=address, progress=progress)
-    cmd_results(path)
+    experiment = resume_sweep(experiment_dir, address=address, progress=progress)
+    _print_results(experiment)
     return 0
 
 
 def cmd_status(experiment_dir: str, *, watch: float | None = None) -> int:
-    """Where a sweep stands, from its experiment directory: per trial its state, epoch, step,
-    latest metric and ETA; the sweep's counts, elapsed time, ETA and GPU-hours so far."""
-    if is_uri(experiment_dir):
-        # Reading an experiment directory in place on storage comes with durable experiment
-        # directories; until then `run` copies it there only when the sweep ends.
-        raise SpecError(
-            f"{experiment_dir}: status reads a local experiment directory for now; copy it "
-            "first (e.g. aws s3 sync URI DIR), or run status on the node that runs the sweep"
-        )
-    experiment = ExperimentDir(experiment_dir)
-    estimates = None
-    while True:
-        status = read_status(experiment, estimates=estimates)
-        estimates = estimates or TrialEstimates(experiment)
-        if watch and sys.stdout.isatty():
-            print("\033[2J\033[H", end="")  # clear the screen: one screen, redrawn
-        print(render_status(status, experiment_dir), flush=True)
-        if not watch or status.state != SWEEP_RUNNING or status.stale:
-            return 0
-        try:
+    """Where a sweep stands, from its experiment directory or its URI: per trial its state,
+    epoch, step, latest metric and ETA; the sweep's counts, elapsed time, ETA and GPU-hours."""
+    experiment = ExperimentDir.open(experiment_dir)  # a URI: its files, into a working copy
+    estimates = TrialEstimates(experiment)
+    try:
+        while True:
+            status = read_status(experiment, estimates=estimates)
+            if watch and sys.stdout.isatty():
+                print("\033[2J\033[H", end="")  # clear the screen: one screen, redrawn
+            print(render_status(status, experiment.location), flush=True)
+            if not watch or status.state != SWEEP_RUNNING or status.stale:
+                return 0
             time.sleep(watch)
-        except KeyboardInterrupt:
-            return 0
-        if not sys.stdout.isatty():
-            print()
+            if is_uri(experiment_dir):
+                experiment.pull()  # what the sweep wrote there since
+            if not sys.stdout.isatty():
+                print()
+    except KeyboardInterrupt:  # the way out of --watch
+        return 0
 
 
-def cmd_results(experiment_dir: Path) -> int:
-    """Print the results table of an experiment directory."""
-    experiment = ExperimentDir(experiment_dir)
+def cmd_results(experiment_dir: str | Path) -> int:
+    """Print the results table of an experiment directory, or of the one at a URI."""
+    return _print_results(ExperimentDir.open(experiment_dir))
+
+
+def _print_results(experiment: ExperimentDir) -> int:
     table = experiment.read_results()
     primary = experiment.metadata()["primary_metric"]
     columns = ["label", "status", f"best_{primary}"]
@@ -172,12 +177,13 @@ def cmd_results(experiment_dir: Path) -> int:
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
     counts = table["status"].value_counts().to_dict()
     print(f"\n{len(table)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    print(f"table: {experiment.results_csv}")
+    where = f"{experiment.home}/results.csv" if experiment.home else experiment.results_csv
+    print(f"table: {where}")
     return 0
 
 
 def cmd_analyze(
-    experiment_dir: Path,
+    experiment_dir: str | Path,
     *,
     metric: str | None = None,
     target: float | None = None,
@@ -189,11 +195,13 @@ def cmd_analyze(
     flops_budget: float | None = None,
     wandb: str | None = None,
 ) -> int:
-    """Fit scaling laws, plot the curves, write the report and print the recommendation."""
+    """Fit scaling laws, plot the curves, write the report and print the recommendation (an
+    experiment at a URI: analysed in a local copy, its analysis/ written back there)."""
     from orchestrator.analysis import analyze  # pandas/scipy/matplotlib: only for this command
 
+    experiment = ExperimentDir.open(experiment_dir)
     result = analyze(
-        experiment_dir,
+        experiment.path,
         metric=metric,
         target=target,
         epsilon=epsilon,
@@ -204,7 +212,10 @@ def cmd_analyze(
         flops_budget=flops_budget,
     )
     print(result.render_terminal())
-    publish_analysis(experiment_dir, result, mode=wandb)  # when the sweep uses W&B
+    if experiment.home:
+        experiment.sync("analysis")
+        print(f"analysis -> {experiment.home}/analysis")
+    publish_analysis(experiment.path, result, mode=wandb)  # when the sweep uses W&B
     return 0
 
 
@@ -225,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     overrides_help = "dotted overrides, e.g. train.lr=3e-5 compute.num_workers=2 'seeds=[0,1]'"
 
     cluster_help = (
-        "cluster-launcher YAML (cluster.yaml) or KubeRay manifest: concurrency follows its "
-        "maximum, with every node type at max_workers"
+        "cluster-launcher YAML (cluster.yaml) or KubeRay manifest: trials start as their gangs "
+        "fit its maximum, with every node type at max_workers"
     )
 
     plan = commands.add_parser("plan", help=cmd_plan.__doc__)
@@ -271,12 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     resume = commands.add_parser("resume", help=cmd_resume.__doc__)
-    resume.add_argument("experiment_dir", type=Path)
+    location_help = "experiment directory, or its URI (s3://BUCKET/sweeps/NAME)"
+    resume.add_argument("experiment_dir", help=location_help)
     resume.add_argument("--address", help="Ray cluster to join (default: as for run)")
     _add_progress_options(resume)
 
     status = commands.add_parser("status", help=cmd_status.__doc__.split(":")[0])
-    status.add_argument("experiment_dir", help="experiment directory")
+    status.add_argument("experiment_dir", help=location_help)
     status.add_argument(
         "--watch",
         nargs="?",
@@ -287,10 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     results = commands.add_parser("results", help=cmd_results.__doc__)
-    results.add_argument("experiment_dir", type=Path)
+    results.add_argument("experiment_dir", help=location_help)
 
     analyze = commands.add_parser("analyze", help=cmd_analyze.__doc__)
-    analyze.add_argument("experiment_dir", type=Path)
+    analyze.add_argument("experiment_dir", help=location_help)
     analyze.add_argument(
         "--metric", help="metric to analyse (default: the task's primary; 'loss' for eval loss)"
     )
@@ -357,46 +369,59 @@ def _progress(args: argparse.Namespace) -> ProgressOptions:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM (`ray job stop`, `kill`) stops a command as Ctrl-C does; a sweep refines both
+    # (orchestrator.sweep._Sweep) once Ray is up.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    terminate = signal.signal(signal.SIGTERM, _raise_interrupted) if on_main_thread else None
     try:
-        if args.command == "plan":
-            return cmd_plan(
-                args.file,
-                args.overrides,
-                cluster=args.cluster,
-                address=args.address,
-                measured=args.measured,
-            )
-        if args.command == "run":
-            address = args.address or os.environ.get("RAY_ADDRESS")
-            return cmd_run(
-                args.file,
-                args.overrides,
-                args.experiment_dir,
-                address,
-                args.cluster,
-                wandb=args.wandb,
-                progress=_progress(args),
-            )
-        if args.command == "resume":
-            address = args.address or os.environ.get("RAY_ADDRESS")
-            return cmd_resume(args.experiment_dir, address, _progress(args))
-        if args.command == "status":
-            return cmd_status(args.experiment_dir, watch=args.watch)
-        if args.command == "analyze":
-            options = {
-                k: v for k, v in vars(args).items() if k not in ("command", "experiment_dir")
-            }
-            return cmd_analyze(args.experiment_dir, **options)
-        if args.command == "wandb":
-            return cmd_wandb(args.experiment_dir, sync=args.sync)
-        return cmd_results(args.experiment_dir)
+        return _dispatch(args)
     except (UserError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        # Tune saved its state on the first Ctrl-C; the sweep said how to resume it.
+    except KeyboardInterrupt as err:
+        # A sweep has flushed its rows, saved Tune's state and said how to resume.
         print("interrupted", file=sys.stderr)
-        return 130
+        return err.exit_code if isinstance(err, Interrupted) else 128 + signal.SIGINT
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, terminate)
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "plan":
+        return cmd_plan(
+            args.file,
+            args.overrides,
+            cluster=args.cluster,
+            address=args.address,
+            measured=args.measured,
+        )
+    if args.command == "run":
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        return cmd_run(
+            args.file,
+            args.overrides,
+            args.experiment_dir,
+            address,
+            args.cluster,
+            wandb=args.wandb,
+            progress=_progress(args),
+        )
+    if args.command == "resume":
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        return cmd_resume(args.experiment_dir, address, _progress(args))
+    if args.command == "status":
+        return cmd_status(args.experiment_dir, watch=args.watch)
+    if args.command == "analyze":
+        options = {k: v for k, v in vars(args).items() if k not in ("command", "experiment_dir")}
+        return cmd_analyze(args.experiment_dir, **options)
+    if args.command == "wandb":
+        return cmd_wandb(args.experiment_dir, sync=args.sync)
+    return cmd_results(args.experiment_dir)
 
 
 if __name__ == "__main__":

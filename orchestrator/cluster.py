@@ -1,4 +1,4 @@
-"""Cluster capacity: which trials fit a cluster, and how many run at once (no Ray at import).
+"""Cluster capacity: which trials fit a cluster, and when each may start (no Ray at import).
 
 A cluster is the nodes it has now plus the node types its autoscaler may add, each node a dict
 of Ray resources. It is read from a cluster-launcher file (``cluster.yaml``: the head now, every
@@ -6,12 +6,17 @@ worker type up to its ``max_workers``), a KubeRay manifest (worker groups up to
 ``maxReplicas``), or a live cluster (its nodes now). A trial needs a gang: its driver's bundle
 plus one bundle per Ray Train worker. Bundles are placed first-fit on nodes that are up, and
 otherwise on a new node of the first type that holds them, as the autoscaler would add one.
+
+``Admission`` starts a trial when its whole gang fits beside the running ones in that model;
+``simulate`` runs the same policy over estimated trial times for ``plan``.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,15 +32,19 @@ __all__ = [
     "DRIVER_NODE_RESOURCE",
     "DRIVER_RESOURCES",
     "HEAD_DRIVER_UNITS",
+    "Admission",
     "Capacity",
     "ClusterError",
+    "Gang",
     "NodeType",
+    "Schedule",
+    "check_placeable",
     "cluster_now",
-    "concurrency",
     "gangs_that_fit",
     "load_cluster_file",
-    "max_concurrent_trials",
     "probe",
+    "simulate",
+    "start_order",
     "sweep_capacity",
     "trial_gang",
     "unplaceable",
@@ -53,6 +62,7 @@ DRIVER_RESOURCES: dict[str, float] = {"cpu": 0, DRIVER_NODE_RESOURCE: 0.001}
 AUTOSCALER_CONFIG = Path("~/ray_bootstrap_config.yaml")
 
 Resources = dict[str, float]
+Gang = list[Resources]  # the bundles one trial holds at once
 _EPS = 1e-9  # float slack: 1000 drivers x 0.001 must fit in 1 unit
 
 
@@ -88,12 +98,22 @@ class Capacity:
             parts.append(f"up to {grow}{cap}")
         return f"{self.source}: " + " + ".join(p for p in parts if p)
 
+    def total(self, kind: str) -> float:
+        """Units of resource ``kind`` at full scale: the nodes up, plus the most the autoscaler
+        can add within each type's maximum and the cap on added nodes."""
+        slots = sorted(
+            (t.resources.get(kind, 0.0) for t in self.node_types for _ in range(t.max_count)),
+            reverse=True,
+        )
+        added = slots if self.max_added is None else slots[: self.max_added]
+        return sum(r.get(kind, 0.0) for _, r in self.nodes) + sum(added)
+
 
 def _ray_name(key: str) -> str:
     return {"cpu": "CPU", "gpu": "GPU"}.get(key, key)
 
 
-def trial_gang(trial: TrialConfig) -> list[Resources]:
+def trial_gang(trial: TrialConfig) -> Gang:
     """The bundles a trial holds at once: its driver's, then one per Ray Train worker."""
     driver = {_ray_name(k): v for k, v in DRIVER_RESOURCES.items() if v > 0}
     worker = {k: v for k, v in trial.compute.worker_resources().items() if v > 0}
@@ -104,25 +124,34 @@ def _fits(need: Resources, free: Resources) -> bool:
     return all(free.get(k, 0.0) + _EPS >= v for k, v in need.items())
 
 
+@dataclass
+class _Node:
+    """One node of the packing model: what is free on it, and how many bundles it holds."""
+
+    type: str
+    free: Resources
+    added: bool  # added by the autoscaler (in the model): it goes again once idle
+    bundles: int = 0
+
+
 class _Packing:
     """Free resources of the nodes up, plus nodes added (as the autoscaler would) on demand."""
 
     def __init__(self, capacity: Capacity) -> None:
         self.capacity = capacity
-        self.free = [dict(resources) for _, resources in capacity.nodes]
+        self.nodes = [_Node(name, dict(r), added=False) for name, r in capacity.nodes]
         self.added: Counter[str] = Counter()
 
-    def _place(self, bundle: Resources) -> bool:
-        node = next((free for free in self.free if _fits(bundle, free)), None)
-        if node is None:
-            node = self._add_node(bundle)
-            if node is None:
-                return False
-        for k, v in bundle.items():
-            node[k] = node.get(k, 0.0) - v
-        return True
+    def _place(self, bundle: Resources) -> _Node | None:
+        node = next((n for n in self.nodes if _fits(bundle, n.free)), None)
+        node = node or self._add_node(bundle)
+        if node is not None:
+            for k, v in bundle.items():
+                node.free[k] = node.free.get(k, 0.0) - v
+            node.bundles += 1
+        return node
 
-    def _add_node(self, bundle: Resources) -> Resources | None:
+    def _add_node(self, bundle: Resources) -> _Node | None:
         cap = self.capacity.max_added
         if cap is not None and sum(self.added.values()) >= cap:
             return None
@@ -131,28 +160,158 @@ class _Packing:
                 bundle, node_type.resources
             ):
                 self.added[node_type.name] += 1
-                self.free.append(dict(node_type.resources))
-                return self.free[-1]
+                self.nodes.append(_Node(node_type.name, dict(node_type.resources), added=True))
+                return self.nodes[-1]
         return None
 
-    def place_gang(self, gang: list[Resources]) -> bool:
+    def place_gang(self, gang: Gang) -> list[tuple[_Node, Resources]] | None:
         """Place every bundle or none (a placement group is all or nothing)."""
-        saved = ([dict(free) for free in self.free], Counter(self.added))
+        placed: list[tuple[_Node, Resources]] = []
         # Largest bundles first: first-fit decreasing wastes less room.
         for bundle in sorted(gang, key=lambda b: sorted(b.values(), reverse=True), reverse=True):
-            if not self._place(bundle):
-                self.free, self.added = saved
-                return False
-        return True
+            node = self._place(bundle)
+            if node is None:
+                self.release(placed)
+                return None
+            placed.append((node, bundle))
+        return placed
+
+    def release(self, placed: list[tuple[_Node, Resources]]) -> None:
+        """Give the bundles' resources back; an added node left idle goes, as the autoscaler's
+        idle timeout would take it, so its type's count is free again."""
+        for node, bundle in placed:
+            for k, v in bundle.items():
+                node.free[k] += v
+            node.bundles -= 1
+            if node.added and not node.bundles:
+                self.nodes.remove(node)
+                self.added[node.type] -= 1
 
 
-def gangs_that_fit(gang: list[Resources], capacity: Capacity, limit: int) -> int:
+def gangs_that_fit(gang: Gang, capacity: Capacity, limit: int) -> int:
     """How many copies of ``gang`` the cluster holds at once (counting up to ``limit``)."""
     packing = _Packing(capacity)
     count = 0
-    while count < limit and packing.place_gang(gang):
+    while count < limit and packing.place_gang(gang) is not None:
         count += 1
     return count
+
+
+class Admission:
+    """Gang-aware admission: a trial starts only when its whole gang fits beside the gangs of
+    the trials running now, on the cluster at its autoscaled maximum (the packing model above).
+
+    A waiting trial holds nothing, and a started one holds all it needs, so no mix of trial
+    shapes can deadlock. ``max_running`` is the spec's optional extra cap on trials at once.
+    """
+
+    def __init__(self, capacity: Capacity, max_running: int | None = None) -> None:
+        self.max_running = max_running
+        self._packing = _Packing(capacity)
+        self._running: dict[str, list[tuple[_Node, Resources]]] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def try_start(self, key: str, gang: Gang) -> bool:
+        """Reserve ``gang`` for trial ``key`` if it fits now; False (nothing held) if not."""
+        if self.max_running is not None and len(self._running) >= self.max_running:
+            return False
+        placed = self._packing.place_gang(gang)
+        if placed is None:
+            return False
+        self._running[key] = placed
+        return True
+
+    def finish(self, key: str) -> None:
+        """Trial ``key`` ended (or was never started here): free its gang."""
+        placed = self._running.pop(key, None)
+        if placed is not None:
+            self._packing.release(placed)
+
+    def start_next(self, waiting: Sequence[tuple[str, Gang]]) -> int | None:
+        """Start the first waiting trial, in the order given, whose gang fits now: its index.
+
+        Backfilling: a trial further down starts when the ones before it do not fit. Trials of
+        the same shape as one that did not fit are skipped (they cannot fit either).
+        """
+        did_not_fit: set[tuple] = set()
+        for i, (key, gang) in enumerate(waiting):
+            shape = tuple(tuple(sorted(bundle.items())) for bundle in gang)
+            if shape in did_not_fit:
+                continue
+            if self.try_start(key, gang):
+                return i
+            if self.max_running is not None and self.running >= self.max_running:
+                return None
+            did_not_fit.add(shape)
+        return None
+
+
+def start_order(gangs: Sequence[Gang], seconds: Sequence[float | None]) -> list[int]:
+    """The order in which waiting trials are offered a start: longest estimated time first,
+    then the largest gang (the trials that would otherwise make the sweep's tail), then as
+    given. An unknown time counts as the shortest."""
+
+    def key(i: int) -> tuple[float, int]:
+        return (-(seconds[i] or 0.0), -len(gangs[i]))
+
+    return sorted(range(len(gangs)), key=key)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What a sweep is expected to take under gang-aware admission (``simulate``)."""
+
+    makespan_s: float
+    busy: float  # sum of (units of ``kind`` a trial holds x its seconds)
+    units: float  # units of ``kind`` on the cluster at full scale
+    kind: str  # the resource utilisation is counted in, e.g. "GPU"
+
+    @property
+    def utilisation(self) -> float:
+        """busy / (units x makespan): the share of the cluster's slots that trials held."""
+        return self.busy / (self.units * self.makespan_s) if self.makespan_s else 0.0
+
+
+def simulate(
+    capacity: Capacity,
+    trials: Sequence[tuple[Gang, float]],
+    *,
+    max_running: int | None = None,
+    kind: str = "GPU",
+    running: Sequence[tuple[Gang, float]] = (),
+) -> Schedule:
+    """List scheduling of ``(gang, seconds)`` trials under ``Admission``, as a sweep runs them:
+    at the start and whenever a trial ends, every waiting trial (in ``start_order``) whose gang
+    fits starts. Every gang must fit the empty cluster (check ``unplaceable`` first).
+
+    ``running``: trials already under way, ``(gang, seconds left)``, holding their gangs from
+    the start (a running sweep's ETA); one that this model of the cluster cannot place beside
+    the others runs all the same."""
+    gangs = [gang for gang, _ in trials]
+    order = start_order(gangs, [s for _, s in trials])
+    admission = Admission(capacity, max_running)
+    waiting = [(str(i), gangs[i]) for i in order]
+    ends: list[tuple[float, str]] = []  # (end time, key) of the running trials, a heap
+    now = busy = 0.0
+    for i, (gang, seconds) in enumerate(running):
+        key = f"running-{i}"
+        admission.try_start(key, gang)
+        heapq.heappush(ends, (seconds, key))
+        busy += seconds * sum(b.get(kind, 0.0) for b in gang)
+    while waiting or ends:
+        while (index := admission.start_next(waiting)) is not None:
+            key, gang = waiting.pop(index)
+            seconds = trials[int(key)][1]
+            heapq.heappush(ends, (now + seconds, key))
+            busy += seconds * sum(b.get(kind, 0.0) for b in gang)
+        if not ends:
+            raise ClusterError(f"a gang never fits {capacity.describe()}: {waiting[0][1]}")
+        now, key = heapq.heappop(ends)
+        admission.finish(key)
+    return Schedule(now, busy, capacity.total(kind), kind)
 
 
 def _why_unplaceable(trial: TrialConfig, capacity: Capacity) -> str:
@@ -184,17 +343,8 @@ def unplaceable(trials: list[TrialConfig], capacity: Capacity) -> dict[str, str]
     return problems
 
 
-def concurrency(spec: SweepSpec, capacity: Capacity) -> int:
-    """How many trials may run at once so that any mix of them fits: the fewest copies of any
-    trial's gang the cluster holds, at most the trial count and the spec's cap (0: some trial
-    never fits)."""
-    limit = min(len(spec.trials), spec.max_concurrent_trials or len(spec.trials))
-    gangs = {json.dumps(trial_gang(t), sort_keys=True): trial_gang(t) for t in spec.trials}
-    return min(gangs_that_fit(gang, capacity, limit) for gang in gangs.values())
-
-
-def max_concurrent_trials(spec: SweepSpec, capacity: Capacity) -> int:
-    """``concurrency``, or ClusterError naming the trials the cluster can never place."""
+def check_placeable(spec: SweepSpec, capacity: Capacity) -> None:
+    """ClusterError naming the trials the cluster can never place, if any."""
     problems = unplaceable(spec.trials, capacity)
     if problems:
         label, reason = next(iter(problems.items()))
@@ -203,7 +353,6 @@ def max_concurrent_trials(spec: SweepSpec, capacity: Capacity) -> int:
             f"{len(problems)} trial(s) can never be placed on {capacity.describe()}: "
             f"{label}: {reason}{more}"
         )
-    return concurrency(spec, capacity)
 
 
 def _resources(raw: Any, where: str) -> Resources:
@@ -304,10 +453,9 @@ def cluster_now() -> Capacity:
     import ray
 
     alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    # The head first, as in a cluster file.
-    nodes = sorted(
-        (("head" if "node:__internal_head__" in r else "worker"), dict(r)) for r in alive
-    )
+    named = [(("head" if "node:__internal_head__" in r else "worker"), dict(r)) for r in alive]
+    # The head first, as in a cluster file (by name only: two workers' dicts do not compare).
+    nodes = sorted(named, key=lambda node: node[0] != "head")
     address = ray.get_runtime_context().gcs_address
     return Capacity(source=f"cluster at {address} now", nodes=tuple(nodes))
 

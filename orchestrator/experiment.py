@@ -10,6 +10,10 @@
 <dir>/trials/<trial_id>/error.txt   the traceback of a failed trial
 <dir>/tune/, <dir>/train/           Ray Tune and Ray Train state (restore, checkpoints)
 <dir>/wandb/                        W&B run files (a view of the above; sweep.json: its W&B name)
+<dir>/analysis/                     what `analyze` wrote
+
+With a URI storage_path the experiment lives at ``<storage_path>/<name>`` (its home), where
+every file above is written as it is written locally; ``tune/`` and ``train/`` are only there.
 
 ``Ledger`` keeps the books while a sweep runs: which trials started, finished or failed, every
 epoch once (whatever restarts replay or repeat), and wall time across resumptions. It knows
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +38,7 @@ from contract.config import TrialConfig
 from contract.rows import REQUIRED_RESULT_FIELDS, RESULT_FIELDS, EpochRow
 from orchestrator.progress import SweepProgress, TrialProgress
 from orchestrator.spec import SweepSpec
+from orchestrator.storage import ArrowStore, LocalStore, StorageError, is_uri, working_copy
 
 __all__ = [
     "CORE_AXES",
@@ -51,6 +56,29 @@ STATUS_COLUMNS = ("trial_id", "label", "status", "error")
 # The ledger's own columns that every results.csv has had: the trial's resources and wall time.
 TRIAL_COLUMNS = ("use_gpu", "gpus_per_worker", "trial_wall_s")
 FINISHED, FAILED, RUNNING, INTERRUPTED = "TERMINATED", "ERROR", "RUNNING", "INTERRUPTED"
+# In a working copy, local only: the URI of its home; the files the home has not got yet.
+HOME_FILE, UNSAVED_FILE = ".home", ".unsaved"
+RETRY_S = 30.0  # after a write the home refused, the next attempt
+
+
+def _mirrored(name: str) -> bool:
+    """The files of an experiment's home that a working copy needs: not Tune's and Train's
+    state, not W&B's run files (sweep.json, their name, is needed), no half-written file."""
+    if name.split("/")[0] in ("tune", "train") or name.endswith(".tmp") or name.startswith("."):
+        return False
+    return not name.startswith("wandb/") or name.count("/") == 1
+
+
+def _within(folder: str) -> Callable[[str], bool]:
+    return lambda name: name.startswith(folder.rstrip("/") + "/")
+
+
+def _trial_file(trial_id: str, name: str) -> str:
+    return f"trials/{trial_id}/{name}"
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _get(trial: dict[str, Any], dotted: str) -> Any:
@@ -106,10 +134,48 @@ class TrialRecord:
 
 
 class ExperimentDir:
-    """Reads and writes one sweep's directory; every write leaves a complete, readable file."""
+    """Reads and writes one sweep's directory; every write leaves a complete, readable file.
 
-    def __init__(self, path: str | Path) -> None:
+    ``path`` is the local directory. With a ``home`` (a URI: the sweep's storage_path is one) it
+    is the working copy of the experiment that lives there: every write lands in both, as it
+    happens (``write_file``), so the home holds the whole directory at any moment; Tune's and
+    Train's state is there too (``tune/``, ``train/``). A working copy remembers its home, and
+    any file the home has not got yet, in local files of its own (never copied there).
+    """
+
+    def __init__(self, path: str | Path, *, home: str | None = None) -> None:
         self.path = Path(path).resolve()
+        self._local = LocalStore(self.path)
+        if home is None and self._local.exists(HOME_FILE):
+            home = self._local.read(HOME_FILE).decode().strip()
+        self.home = home
+        self._remote = ArrowStore(home) if home else None
+        # Written here, not yet in the home (it refused them): written there first, next time.
+        self._unsaved: set[str] = set()
+        if home and self._local.exists(UNSAVED_FILE):
+            self._unsaved = set(self._local.read(UNSAVED_FILE).decode().split())
+        self._retry_at = 0.0
+
+    @classmethod
+    def open(cls, location: str | Path) -> ExperimentDir:
+        """The experiment at a local path, or at a URI: its files (all but Tune's and Train's
+        state and W&B's run files) are brought into a local working copy first (``pull``)."""
+        if not is_uri(str(location)):
+            return cls(location)
+        uri = str(location).rstrip("/")
+        experiment = cls(working_copy(uri), home=uri)
+        experiment.pull()
+        return experiment
+
+    @property
+    def location(self) -> str:
+        """Where the experiment lives: its home, else its local path (what to tell the user)."""
+        return self.home or str(self.path)
+
+    @property
+    def storage(self) -> str:
+        """Where Tune and Train keep their state (``tune/``, ``train/``)."""
+        return self.location
 
     @property
     def results_csv(self) -> Path:
@@ -118,9 +184,80 @@ class ExperimentDir:
     def trial_dir(self, trial_id: str) -> Path:
         return self.path / "trials" / trial_id
 
+    def write_file(self, name: str, text: str) -> None:
+        """Write ``name`` (relative, e.g. "trials/<id>/history.jsonl") whole: locally, then in
+        the home. Any small file of the experiment goes through here. A home that refuses a
+        write (the network, the store) costs a warning; what it missed is written again with
+        a later write (every ``RETRY_S`` at most), and at the end of the sweep (``sync``)."""
+        self._local.write(name, text.encode())
+        if self._remote is None:
+            return
+        self._unsaved.add(name)
+        if time.monotonic() >= self._retry_at:
+            self._push()
+
+    def remove_file(self, name: str) -> None:
+        self._local.delete(name)
+        if self._remote is not None:
+            self._unsaved.discard(name)
+            self._remote.delete(name)
+
+    def sync(self, *folders: str) -> None:
+        """Write again what the home refused, and copy ``folders`` (e.g. W&B's offline run
+        files, "wandb") there whole; says what still could not be written."""
+        if self._remote is None:
+            return
+        for folder in folders:
+            self._unsaved |= set(self._local.names(_within(folder)))
+        if error := self._push():
+            warn(
+                f"{len(self._unsaved)} file(s) did not reach {self.home} ({error}); the local "
+                f"copy {self.path} has them, and writes them there first when the sweep resumes"
+            )
+
+    def pull(self) -> None:
+        """Make the local working copy what the home holds (``resume``, and ``open`` of a URI);
+        first, what the home has not got yet from here."""
+        assert self._remote is not None
+        try:
+            if error := self._push():
+                raise error
+            if not self._remote.exists("experiment.json"):
+                raise FileNotFoundError(
+                    f"{self.home}: not an experiment directory (no experiment.json)"
+                )
+            for name in self._remote.names(_mirrored):
+                self._local.write(name, self._remote.read(name))
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise StorageError(f"cannot read {self.home}: {err}") from None
+        self._local.write(HOME_FILE, self.home.encode())
+
+    def _push(self) -> OSError | None:
+        """Write what the home has not got; the error that stopped it, if one did."""
+        assert self._remote is not None
+        failed = bool(self._retry_at)
+        try:
+            for name in sorted(self._unsaved):
+                self._remote.write(name, self._local.read(name))
+                self._unsaved.discard(name)
+        except OSError as err:
+            if not failed:
+                warn(f"could not write to {self.home} ({err}); retrying every {RETRY_S:.0f} s")
+            self._retry_at = time.monotonic() + RETRY_S
+            self._local.write(UNSAVED_FILE, "\n".join(sorted(self._unsaved)).encode())
+            return err
+        if failed or self._local.exists(UNSAVED_FILE):
+            self._retry_at = 0.0
+            self._local.delete(UNSAVED_FILE)
+        return None
+
     def create(self, spec: SweepSpec) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.path / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        if self.home:
+            self._local.write(HOME_FILE, self.home.encode())
+        self.write_file("spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
         meta = {
             "name": spec.name,
             "primary_metric": spec.trials[0].primary_metric(),
@@ -128,39 +265,41 @@ class ExperimentDir:
             "seeds": spec.seeds,
             "num_trials": len(spec.trials),
         }
-        _atomic_write(self.path / "experiment.json", json.dumps(meta, indent=2))
+        self.write_file("experiment.json", json.dumps(meta, indent=2))
 
     def metadata(self) -> dict[str, Any]:
         return json.loads((self.path / "experiment.json").read_text())
 
     def start_trial(self, record: TrialRecord) -> None:
-        trial_dir = self.trial_dir(record.trial_id)
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(trial_dir / "config.json", json.dumps(record.config, indent=2))
-        (trial_dir / "history.jsonl").write_text("")
+        self.write_file(
+            _trial_file(record.trial_id, "config.json"), json.dumps(record.config, indent=2)
+        )
+        self.write_file(_trial_file(record.trial_id, "history.jsonl"), "")
 
     def append_history(self, trial_id: str, row: EpochRow) -> None:
-        self.trial_dir(trial_id).mkdir(parents=True, exist_ok=True)
-        with open(self.trial_dir(trial_id) / "history.jsonl", "a") as f:
-            f.write(json.dumps(row.to_dict()) + "\n")
+        # The whole file again: an object store cannot append, and the file is one line per epoch.
+        path = self.trial_dir(trial_id) / "history.jsonl"
+        held = path.read_text() if path.is_file() else ""
+        if held and not held.endswith("\n"):
+            held = held[: held.rfind("\n") + 1]  # a torn last line (from an older version)
+        self.write_file(
+            _trial_file(trial_id, "history.jsonl"), held + json.dumps(row.to_dict()) + "\n"
+        )
 
     def write_error(self, trial_id: str, text: str) -> None:
-        self.trial_dir(trial_id).mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.trial_dir(trial_id) / "error.txt", text)
+        self.write_file(_trial_file(trial_id, "error.txt"), text)
 
     def write_results(self, records: list[TrialRecord]) -> pd.DataFrame:
         meta = self.metadata()
         rows = [r.row(meta["axes"], meta["primary_metric"]) for r in records]
         table = pd.DataFrame(rows)
-        tmp = self.results_csv.with_suffix(".csv.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, self.results_csv)
+        self.write_file("results.csv", table.to_csv(index=False))
         return table
 
     def read_results(self) -> pd.DataFrame:
         if not self.results_csv.is_file():
             raise FileNotFoundError(
-                f"{self.path}: no results.csv (is this an experiment directory?)"
+                f"{self.location}: no results.csv (is this an experiment directory?)"
             )
         return pd.read_csv(self.results_csv, keep_default_na=False, na_values=[""])
 
@@ -179,14 +318,11 @@ class ExperimentDir:
 
     def rewrite_history(self, trial_id: str, rows: list[EpochRow]) -> None:
         text = "".join(json.dumps(row.to_dict()) + "\n" for row in rows)
-        _atomic_write(self.trial_dir(trial_id) / "history.jsonl", text)
+        self.write_file(_trial_file(trial_id, "history.jsonl"), text)
 
     def write_progress(self, record: TrialProgress) -> None:
         """The trial's latest progress record (``trials/<id>/progress.json``), replaced whole."""
-        self.trial_dir(record.trial_id).mkdir(parents=True, exist_ok=True)
-        _atomic_write(
-            self.trial_dir(record.trial_id) / "progress.json", json.dumps(record.to_dict())
-        )
+        self.write_file(_trial_file(record.trial_id, "progress.json"), json.dumps(record.to_dict()))
 
     def read_progress(self, trial_id: str) -> TrialProgress | None:
         """The trial's latest progress record; None when it has none, or none that reads
@@ -198,7 +334,7 @@ class ExperimentDir:
             return None
 
     def write_sweep_progress(self, record: SweepProgress) -> None:
-        _atomic_write(self.path / "progress.json", json.dumps(record.to_dict(), indent=2))
+        self.write_file("progress.json", json.dumps(record.to_dict(), indent=2))
 
     def read_sweep_progress(self) -> SweepProgress | None:
         """The sweep's progress record; None when missing or unreadable (an older sweep)."""
@@ -253,6 +389,7 @@ class Ledger:
         # time adds up over resumptions, and is saved with every epoch, so a killed driver
         # loses at most the time since the last one.
         self._started: dict[str, tuple[float, float]] = {}
+        self._flushing = self._dirty = False
 
     def record(self, trial_id: str, config: dict[str, Any]) -> TrialRecord:
         if trial_id not in self.records:
@@ -260,7 +397,18 @@ class Ledger:
         return self.records[trial_id]
 
     def flush(self) -> None:
-        self.experiment.write_results(list(self.records.values()))
+        """Rewrite results.csv. A signal handler may call ``end`` while a flush is under way:
+        the flush under way then writes again, so the last state is the one on disk."""
+        self._dirty = True
+        if self._flushing or not self.records:  # no trial started yet: no results.csv
+            return
+        self._flushing = True
+        try:
+            while self._dirty:
+                self._dirty = False
+                self.experiment.write_results(list(self.records.values()))
+        finally:
+            self._flushing = False
 
     def start(self, trial_id: str, config: dict[str, Any]) -> bool:
         """A trial (re)starts; whether it resumes one that ran before."""
@@ -312,7 +460,8 @@ class Ledger:
         return record
 
     def end(self) -> None:
-        """The sweep stopped: a trial still running is INTERRUPTED (``resume`` continues it)."""
+        """The sweep stopped: a trial still running is INTERRUPTED (``resume`` continues it).
+        Called again, it changes nothing; a trial that goes on reporting keeps its rows."""
         for record in self.records.values():
             if record.status == RUNNING:
                 record.status = INTERRUPTED
@@ -351,12 +500,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def summarize_error(traceback_text: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 from contract.config import TrialConfig
 from contract.progress import StepProgress
+from orchestrator.cluster import Capacity
 from orchestrator.experiment import FAILED, FINISHED, RUNNING, ExperimentDir, Ledger
 from orchestrator.progress import (
     SWEEP_FINISHED,
@@ -36,6 +37,7 @@ from orchestrator.progress import (
 from orchestrator.status import (
     SweepStatus,
     TrialEstimates,
+    admission_eta,
     progress_line,
     status_line,
     sweep_status,
@@ -163,14 +165,18 @@ class SweepMonitor:
         experiment: ExperimentDir,
         ledger: Ledger,
         *,
-        concurrency: int,
         options: ProgressOptions,
+        capacity: Capacity | None = None,
+        max_running: int | None = None,
         clock: Callable[[], float] = time.time,
         console: PlainConsole | None = None,
     ) -> None:
+        """``capacity`` and ``max_running``: what the sweep's admission places trials on, for
+        its ETA (none without)."""
         self.experiment, self.ledger, self.options, self.clock = experiment, ledger, options, clock
         self.meta = experiment.metadata()
-        self.concurrency = concurrency
+        self.eta_model = admission_eta(capacity, max_running) if capacity else None
+        self.closed = False
         self.progress: dict[str, TrialProgress] = {}  # running trials' latest
         self.estimates = TrialEstimates(experiment)
         previous = experiment.read_sweep_progress()  # a resumed sweep goes on counting
@@ -200,8 +206,8 @@ class SweepMonitor:
             estimates=self.estimates,
             state=state,
             elapsed_s=self.elapsed_before + self.clock() - self.run_started,
-            slots=self.concurrency,
             now=self.clock(),
+            eta_model=self.eta_model,
         )
 
     def write(self, state: str = SWEEP_RUNNING) -> SweepStatus:
@@ -215,7 +221,6 @@ class SweepMonitor:
                 updated_at=now,
                 elapsed_s=status.elapsed_s or 0.0,
                 num_trials=self.meta["num_trials"],
-                concurrency=self.concurrency,
                 progress_every_s=self.options.every_s,
                 eta_s=status.eta_s,
             )
@@ -262,8 +267,12 @@ class SweepMonitor:
         if self.console.live:
             self.console.refresh(status or self.status(), self.progress)
 
-    def close(self) -> SweepStatus:
-        """The sweep stopped: its record says finished, or interrupted; the console's last line."""
+    def close(self) -> SweepStatus | None:
+        """The sweep stopped: its record says finished, or interrupted; the console's last line.
+        Once only (None after)."""
+        if self.closed:
+            return None
+        self.closed = True
         ended = sum(r.status in (FINISHED, FAILED) for r in self.ledger.records.values())
         state = SWEEP_FINISHED if ended == self.meta["num_trials"] else SWEEP_INTERRUPTED
         status = self.write(state)

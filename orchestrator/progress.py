@@ -1,6 +1,6 @@
 """A running sweep's progress records, and the arithmetic of its ETAs (no Ray).
 
-<dir>/progress.json                 ``SweepProgress``: the sweep's state, elapsed time, slots
+<dir>/progress.json                 ``SweepProgress``: the sweep's state, elapsed time, ETA
 <dir>/trials/<trial_id>/progress.json  ``TrialProgress``: the trial's latest ``StepProgress``
 
 The sweep rewrites both (atomically, through ``ExperimentDir``) at every progress interval and
@@ -9,18 +9,15 @@ machine that runs the sweep; ETAs are seconds from ``updated_at``, so a reader s
 of the record (``remaining``).
 
 ETA of a trial: the steps left in its epochs at the latest seconds per step, plus one
-evaluation per epoch left at the latest evaluation's time. ETA of the sweep: running trials
-finish at their ETAs, pending trials take the time ``plan``'s model gives them
-(``resource_plan.Throughput``, from this sweep's finished trials once there are some), and each
-starts on the first slot that frees (``finish_times``).
+evaluation per epoch left at the latest evaluation's time (``trial_eta_s``). The sweep's ETA is
+``plan``'s makespan model run from now (``orchestrator.status.admission_eta``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +30,8 @@ __all__ = [
     "SweepProgress",
     "TrialProgress",
     "epoch_eta_s",
-    "finish_times",
     "format_duration",
     "remaining",
-    "sweep_eta_s",
     "trial_eta_s",
 ]
 
@@ -62,25 +57,6 @@ def trial_eta_s(p: StepProgress) -> float:
 def remaining(eta_s: float | None, since_s: float) -> float | None:
     """An ETA ``since_s`` seconds after it was computed (never below 0)."""
     return None if eta_s is None else max(0.0, eta_s - since_s)
-
-
-def finish_times(running: Sequence[float], pending: Sequence[float], slots: int) -> list[float]:
-    """When each ``pending`` trial ends, in seconds from now: ``running`` trials end after their
-    remaining seconds; each pending trial, in order, starts on the first of ``slots`` to free up
-    and takes its seconds (list scheduling: Tune admits trials in grid order)."""
-    free = sorted(running)
-    free += [0.0] * max(0, max(slots, 1) - len(free))
-    heapq.heapify(free)
-    ends = []
-    for seconds in pending:
-        ends.append(heapq.heappop(free) + seconds)
-        heapq.heappush(free, ends[-1])
-    return ends
-
-
-def sweep_eta_s(running: Sequence[float], pending: Sequence[float], slots: int) -> float:
-    """Seconds until the last trial ends (``finish_times``); 0 when nothing is left."""
-    return max([*running, *finish_times(running, pending, slots)], default=0.0)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -140,14 +116,13 @@ class TrialProgress:
 
 @dataclass(frozen=True, kw_only=True)
 class SweepProgress:
-    """The sweep's own record: whether it runs, since when, and on how many slots."""
+    """The sweep's own record: whether it runs, since when, and when it ends."""
 
     state: str  # running | finished | interrupted
     started_at: float  # Unix time the sweep was first launched
     updated_at: float  # Unix time of this record
     elapsed_s: float  # the driver's wall time over all its runs (launch and resumes) until then
     num_trials: int
-    concurrency: int  # trials that run at once (max_concurrent_trials)
     progress_every_s: float  # the progress interval: records are this fresh while it runs
     eta_s: float | None = None  # seconds until the last trial ends, as of updated_at
 
@@ -164,7 +139,6 @@ class SweepProgress:
             updated_at=float(data["updated_at"]),
             elapsed_s=float(data["elapsed_s"]),
             num_trials=int(data["num_trials"]),
-            concurrency=int(data["concurrency"]),
             progress_every_s=float(data["progress_every_s"]),
             eta_s=None if eta is None else float(eta),
         )

@@ -1,5 +1,6 @@
-"""The resource half of ``plan``: what every trial asks of a cluster, how many trials run at once,
-which can never be placed, and how many GPU-hours the sweep costs (no Ray, no torch).
+"""The resource half of ``plan``: what every trial asks of a cluster, which trials can never be
+placed, how many GPU-hours the sweep costs, and its expected makespan and utilisation when each
+trial starts as soon as its gang fits (no Ray, no torch).
 
 Time per trial = start-up and evaluation overhead + training FLOPs / achieved FLOP/s, with
 training FLOPs = 6 x non-embedding parameters x tokens x epochs (forward + backward). The
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.config import describe_resources
-from orchestrator.cluster import DRIVER_RESOURCES, Capacity, concurrency, unplaceable
+from orchestrator.cluster import DRIVER_RESOURCES, Capacity, simulate, trial_gang, unplaceable
 from orchestrator.experiment import ExperimentDir
 from orchestrator.plan import PlanRow
 from orchestrator.spec import SweepSpec
@@ -134,7 +135,7 @@ def render_resources(
         gang = describe_resources(group[0].trial.compute.trial_resources())
         lines.append(f"  {len(group)} trials x {workers} workers x ({per_worker}) = gang of {gang}")
 
-    errors, at_once = [], []
+    errors, placeable = [], []
     for capacity in capacities:
         problems = unplaceable(spec.trials, capacity)
         if problems:
@@ -147,8 +148,10 @@ def render_resources(
                 lines.append(f"    {', '.join(labels[:3])}{more}: {reason}")
             errors.append(f"{len(problems)} trial(s) can never be placed on {capacity.describe()}")
         else:
-            at_once.append((capacity, concurrency(spec, capacity)))
-            lines.append(f"  {capacity.describe()}: {at_once[-1][1]} trials at once")
+            placeable.append(capacity)
+            at_most = spec.max_concurrent_trials
+            cap = f", at most {at_most} at once" if at_most else ""
+            lines.append(f"  {capacity.describe()}: each trial starts when its gang fits{cap}")
 
     lines.append(f"estimate ({throughput.source}):")
     known = [(row, s) for row in rows if (s := throughput.seconds(row)) is not None]
@@ -170,9 +173,15 @@ def render_resources(
         f"  {len(known)} trials: {hours['GPU']:.2f} GPU-hours, {hours['CPU']:.2f} CPU-hours "
         f"reserved by workers{unknown}"
     )
-    total = sum(s for _, s in known)
-    for capacity, n in at_once:
-        lines.append(f"  {capacity.source}: about {_duration(total / n)} of wall time, {n} at once")
+    # Utilisation of the scarce resource: GPUs when any trial uses them, else CPUs.
+    kind = "GPU" if hours["GPU"] else "CPU"
+    timed = [(trial_gang(row.trial), s) for row, s in known]
+    for capacity in placeable:
+        schedule = simulate(capacity, timed, max_running=spec.max_concurrent_trials, kind=kind)
+        lines.append(
+            f"  {capacity.source}: makespan about {_duration(schedule.makespan_s)}, "
+            f"{kind} utilisation {schedule.utilisation:.0%} (longest trials first)"
+        )
     return "\n".join(lines), errors
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from contract.config import TrialConfig
 from contract.progress import StepProgress
+from orchestrator.cluster import Capacity, ClusterError, simulate, trial_gang
 from orchestrator.experiment import (
     FAILED,
     FINISHED,
@@ -33,7 +34,6 @@ from orchestrator.progress import (
     SWEEP_INTERRUPTED,
     SWEEP_RUNNING,
     TrialProgress,
-    finish_times,
     format_duration,
     remaining,
 )
@@ -42,9 +42,11 @@ from orchestrator.spec import SpecError, load_spec
 
 __all__ = [
     "PENDING",
+    "EtaModel",
     "SweepStatus",
     "TrialEstimates",
     "TrialStatus",
+    "admission_eta",
     "progress_line",
     "read_status",
     "render_status",
@@ -97,9 +99,9 @@ class TrialEstimates:
         row = self._by_key.get(_key(config))
         return self.throughput.seconds(row) if row else None
 
-    def pending(self, started: Iterable[Mapping]) -> list[tuple[str, float | None]]:
-        """(label, estimated seconds) of every trial of the spec that has not started, in grid
-        order (the order Tune starts them)."""
+    def pending(self, started: Iterable[Mapping]) -> list[tuple[TrialConfig, float | None]]:
+        """(trial, estimated seconds) of every trial of the spec that has not started, in
+        grid order."""
         left = Counter(_key(c) for c in started)
         pending = []
         for row in self.rows:
@@ -107,8 +109,29 @@ class TrialEstimates:
             if left[key]:
                 left[key] -= 1
                 continue
-            pending.append((row.trial.label(), self.throughput.seconds(row)))
+            pending.append((row.trial, self.throughput.seconds(row)))
         return pending
+
+
+# The sweep's ETA from (trial, seconds left) of the running trials and (trial, seconds) of those
+# still to run.
+EtaModel = Callable[[list[tuple[TrialConfig, float]], list[tuple[TrialConfig, float]]], float]
+
+
+def admission_eta(capacity: Capacity, max_running: int | None = None) -> EtaModel:
+    """The sweep's ETA as ``plan`` computes its makespan (``cluster.simulate``: each trial
+    starts when its gang fits beside the running ones), with the running trials holding their
+    gangs until their ETAs."""
+
+    def eta(running: list[tuple[TrialConfig, float]], queued: list[tuple[TrialConfig, float]]):
+        return simulate(
+            capacity,
+            [(trial_gang(trial), seconds) for trial, seconds in queued],
+            running=[(trial_gang(trial), seconds) for trial, seconds in running],
+            max_running=max_running,
+        ).makespan_s
+
+    return eta
 
 
 @dataclass(frozen=True)
@@ -172,18 +195,19 @@ def sweep_status(
     estimates: TrialEstimates | None,
     state: str,
     elapsed_s: float | None,
-    slots: int,
     now: float,
+    eta_model: EtaModel | None = None,
+    eta_s: float | None = None,
     stale: bool = False,
     age_s: float | None = None,
 ) -> SweepStatus:
     """The status of a sweep from its trials' records, the latest progress of running ones and
-    their wall times now (``walls``, by trial id); ``now`` is a Unix time. ETAs only while it
-    runs (and is not ``stale``)."""
+    their wall times now (``walls``, by trial id); ``now`` is a Unix time. While it runs (and
+    is not ``stale``) its ETA comes from ``eta_model``, else it is ``eta_s`` (as recorded)."""
     records = list(records)
     trials: list[TrialStatus] = []
-    running_left: list[float | None] = []  # seconds each running trial has left
-    queued: list[float | None] = []  # seconds each trial still to run takes, in order
+    running: list[tuple[TrialConfig, float | None]] = []  # seconds each has left
+    queued: list[tuple[TrialConfig, float | None]] = []  # seconds each trial still to run takes
     best: tuple[float, str] | None = None
     gpu = cpu = 0.0
     for record in records:
@@ -204,9 +228,9 @@ def sweep_status(
                 eta = remaining(latest.trial_eta_s, now - latest.updated_at)
             elif guess is not None and guess > (wall or 0.0):  # starting: plan's estimate
                 eta = guess - (wall or 0.0)
-            running_left.append(eta)
+            running.append((trial, eta))
         elif record.status == INTERRUPTED:  # a resumed sweep runs it again
-            queued.append(guess)
+            queued.append((trial, guess))
         trials.append(
             TrialStatus(
                 trial_id=record.trial_id,
@@ -223,23 +247,28 @@ def sweep_status(
         )
     not_started = max(0, num_trials - len(records))
     pending = estimates.pending(r.config for r in records)[:not_started] if estimates else []
-    pending += [("-", None)] * (not_started - len(pending))  # trials the spec cannot name here
-    queued += [seconds for _, seconds in pending]
-    eta_s, ends = None, [None] * len(pending)
-    known = [s for s in (*running_left, *queued) if s is not None]
+    queued += pending
+    trials += [
+        TrialStatus(
+            trial_id="",
+            label=trial.label(),
+            state=PENDING,
+            epochs=trial.train.epochs,
+            epochs_done=0,
+            eta_s=seconds,
+        )
+        for trial, seconds in pending
+    ]
+    trials += [  # trials the spec cannot name here (its data files are elsewhere)
+        TrialStatus(trial_id="", label="-", state=PENDING, epochs=0, epochs_done=0)
+        for _ in range(not_started - len(pending))
+    ]
     if state == SWEEP_FINISHED:
         eta_s = 0.0
-    elif state == SWEEP_RUNNING and not stale and (known or not (running_left or queued)):
-        fill = sum(known) / len(known) if known else 0.0  # an unknown trial: the mean
-        left = [fill if s is None else s for s in running_left]
-        queue = [fill if s is None else s for s in queued]
-        all_ends = finish_times(left, queue, slots)
-        ends = all_ends[len(all_ends) - len(pending) :]
-        eta_s = max([*left, *all_ends], default=0.0)
-    trials += [
-        TrialStatus(trial_id="", label=label, state=PENDING, epochs=0, epochs_done=0, eta_s=end)
-        for (label, _), end in zip(pending, ends, strict=True)
-    ]
+    elif state != SWEEP_RUNNING or stale:
+        eta_s = None
+    elif eta_model is not None:
+        eta_s = _eta(eta_model, running, queued, unknown=not_started - len(pending))
     return SweepStatus(
         name=name,
         metric=metric,
@@ -255,6 +284,27 @@ def sweep_status(
         age_s=age_s,
         stale=stale,
     )
+
+
+def _eta(
+    model: EtaModel,
+    running: list[tuple[TrialConfig, float | None]],
+    queued: list[tuple[TrialConfig, float | None]],
+    unknown: int,
+) -> float | None:
+    """``model``'s ETA; a trial whose time is unknown counts as the mean of the others. None
+    when no time is known, or when trials cannot be named (``unknown``) or placed."""
+    known = [s for _, s in (*running, *queued) if s is not None]
+    if unknown or (not known and (running or queued)):
+        return None
+    mean = sum(known) / len(known) if known else 0.0
+    try:
+        return model(
+            [(t, mean if s is None else s) for t, s in running],
+            [(t, mean if s is None else s) for t, s in queued],
+        )
+    except ClusterError:  # a gang that does not fit this model of the cluster
+        return None
 
 
 def read_status(
@@ -277,9 +327,9 @@ def read_status(
     except ValueError:  # results.csv still empty: no trial has started
         records = []
     sweep = experiment.read_sweep_progress()
-    state, age, stale, elapsed, slots = _state_of(records, meta["num_trials"]), None, False, None, 1
+    state, age, stale, elapsed = _state_of(records, meta["num_trials"]), None, False, None
     if sweep is not None:  # else a sweep from before progress records: no ETA, no elapsed time
-        state, age, slots = sweep.state, now - sweep.updated_at, sweep.concurrency
+        state, age = sweep.state, now - sweep.updated_at
         limit = max(STALE_INTERVALS * sweep.progress_every_s, STALE_MIN_S)
         stale = state == SWEEP_RUNNING and age > limit
         elapsed = sweep.elapsed_s + (age if state == SWEEP_RUNNING and not stale else 0.0)
@@ -301,8 +351,8 @@ def read_status(
         estimates=estimates,
         state=state,
         elapsed_s=elapsed,
-        slots=slots,
         now=now,
+        eta_s=remaining(sweep.eta_s, age) if sweep else None,  # the sweep's, counted down
         stale=stale,
         age_s=age,
     )
@@ -449,6 +499,6 @@ def render_status(status: SweepStatus, where: str = "DIR") -> str:
     for t in errors[:3]:
         lines.append(f"{t.label}: {t.error[:150]}")
     if status.age_s is not None and status.state == SWEEP_RUNNING and not status.stale:
-        pending = "; a pending trial's ETA: when it would end" if status.pending else ""
+        pending = "; ~: how long a pending trial takes" if status.pending else ""
         lines.append(f"(as of {format_duration(status.age_s)} ago{pending})")
     return "\n".join(lines)

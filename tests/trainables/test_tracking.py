@@ -9,7 +9,6 @@ import wandb
 
 import trainables.tracking
 from contract.config import TrialConfig
-from contract.rows import EpochRow
 from contract.tracking import TrialTracking, WandbMode
 from orchestrator.wandb.offline import find_run_files, read_run
 from trainables.loop import Progress, fit
@@ -55,45 +54,43 @@ class Meter:
         return 0.5 * self.steps
 
 
-def row(epoch: int, accuracy: float) -> EpochRow:
-    examples = epoch * STEPS_PER_EPOCH * EXAMPLES_PER_STEP
-    return EpochRow(
-        epoch=epoch,
-        train_loss=0.5,
-        eval_loss=0.7,
-        eval_accuracy=accuracy,
-        eval_f1=0.6,
-        examples_per_s=32.0,
-        tokens_per_s=320.0,
-        epoch_time_s=2.0,
-        eval_time_s=0.1,
-        train_time_s=epoch * 2.0,
-        examples_seen=examples,
-        train_tokens=10 * examples,
-        lr=0.0,
-        worker_pid=1,
-        params_total=1000,
-        params_non_embedding=600,
-        train_examples=64,
-        global_batch=16,
-        per_worker_batch=8,
-        accumulation_steps=1,
-        restarts=0,
-    )
+@pytest.fixture
+def play(epoch_row):
+    """Drive a tracker as the loop does: on_step after every step, on_epoch per epoch."""
 
+    def drive(tracker: TrialTracker, epochs: range, accuracies: list[float]) -> None:
+        for epoch in epochs:
+            before = Progress(
+                epoch=epoch - 1,
+                examples_seen=(epoch - 1) * STEPS_PER_EPOCH * EXAMPLES_PER_STEP,
+                train_time_s=(epoch - 1) * 2.0,
+            )
+            for i in range(1, STEPS_PER_EPOCH + 1):
+                before.step = (epoch - 1) * STEPS_PER_EPOCH + i
+                tracker.on_step(before, Meter(i), 1e-3 / i)
+            examples = epoch * STEPS_PER_EPOCH * EXAMPLES_PER_STEP
+            row = epoch_row(
+                epoch=epoch,
+                train_loss=0.5,
+                eval_loss=0.7,
+                eval_accuracy=accuracies[epoch - 1],
+                eval_f1=0.6,
+                examples_per_s=32.0,
+                tokens_per_s=320.0,
+                epoch_time_s=2.0,
+                train_time_s=epoch * 2.0,
+                examples_seen=examples,
+                train_tokens=10 * examples,
+                lr=0.0,
+                params_total=1000,
+                params_non_embedding=600,
+                train_examples=64,
+                global_batch=16,
+                per_worker_batch=8,
+            )
+            tracker.on_epoch(row)
 
-def play(tracker: TrialTracker, epochs: range, accuracies: list[float]) -> None:
-    """Drive the tracker as the loop does: on_step after every step, on_epoch per epoch."""
-    for epoch in epochs:
-        before = Progress(
-            epoch=epoch - 1,
-            examples_seen=(epoch - 1) * STEPS_PER_EPOCH * EXAMPLES_PER_STEP,
-            train_time_s=(epoch - 1) * 2.0,
-        )
-        for i in range(1, STEPS_PER_EPOCH + 1):
-            before.step = (epoch - 1) * STEPS_PER_EPOCH + i
-            tracker.on_step(before, Meter(i), 1e-3 / i)
-        tracker.on_epoch(row(epoch, accuracies[epoch - 1]))
+    return drive
 
 
 def runs(tmp_path):
@@ -101,7 +98,7 @@ def runs(tmp_path):
     return [(f, read_run(f.path)) for f in find_run_files(tmp_path / "wandb")]
 
 
-def test_steps_epochs_config_and_summary_land_in_one_run(tmp_path, tracking):
+def test_steps_epochs_config_and_summary_land_in_one_run(tmp_path, tracking, play):
     with TrialTracker(tracking, TRIAL) as tracker:
         play(tracker, range(1, 3), [0.6, 0.55])
     [(file, run)] = runs(tmp_path)
@@ -141,7 +138,7 @@ def test_steps_epochs_config_and_summary_land_in_one_run(tmp_path, tracking):
     assert summary["worker_hours"] == pytest.approx(2 * summary["trial_wall_s"] / 3600)
 
 
-def test_a_restarted_trial_continues_the_same_run(tmp_path, tracking):
+def test_a_restarted_trial_continues_the_same_run(tmp_path, tracking, play):
     with TrialTracker(tracking, TRIAL) as tracker:
         play(tracker, range(1, 2), [0.6, 0.55])
     with TrialTracker(tracking, TRIAL) as tracker:  # restored from the epoch-1 checkpoint
@@ -158,7 +155,7 @@ def test_a_restarted_trial_continues_the_same_run(tmp_path, tracking):
     assert second.summary["epochs_completed"] == 2
 
 
-def test_a_failing_trial_is_marked_failed(tmp_path, tracking):
+def test_a_failing_trial_is_marked_failed(tmp_path, tracking, play):
     with pytest.raises(RuntimeError), TrialTracker(tracking, TRIAL) as tracker:
         play(tracker, range(1, 2), [0.6])
         raise RuntimeError("CUDA out of memory")
@@ -167,7 +164,7 @@ def test_a_failing_trial_is_marked_failed(tmp_path, tracking):
     assert run.summary["error"] == "RuntimeError: CUDA out of memory"
 
 
-def test_other_ranks_open_no_run_but_join_every_reduce(tmp_path, tracking, monkeypatch):
+def test_other_ranks_open_no_run_but_join_every_reduce(tmp_path, tracking, play, monkeypatch):
     reduces = []
     monkeypatch.setattr(trainables.tracking, "rank_and_world", lambda: (1, 2))
     monkeypatch.setattr(
@@ -200,7 +197,7 @@ def test_wandb_failures_are_warnings_and_the_trial_trains_on(
     assert not find_run_files(tmp_path / "wandb")
 
 
-def test_a_logging_error_stops_logging_not_training(tmp_path, tracking, monkeypatch, capsys):
+def test_a_logging_error_stops_logging_not_training(tmp_path, tracking, play, monkeypatch, capsys):
     with TrialTracker(tracking, TRIAL) as tracker:
         monkeypatch.setattr(tracker.run, "log", lambda row: 1 / 0)
         play(tracker, range(1, 3), [0.6, 0.55])
