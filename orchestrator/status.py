@@ -469,9 +469,9 @@ def render_status(status: SweepStatus, where: str = "DIR") -> str:
     table = [("trial", "state", "epoch", "step", metric, "ex/s", "loss", "time", "ETA")]
     for t in shown:
         p = t.progress
-        epoch = (
-            f"{p.epoch}/{p.epochs}" if p else (f"{t.epochs_done}/{t.epochs}" if t.epochs else "-")
-        )
+        epoch = "-" if t.state == PENDING else f"{t.epochs_done}/{t.epochs}"
+        if p:
+            epoch = f"{p.epoch}/{p.epochs}"  # the epoch under way
         eta = "-" if t.state != RUNNING and t.state != PENDING else format_duration(t.eta_s)
         if t.state == PENDING and t.eta_s is not None:
             eta = f"~{eta}"
