@@ -6,8 +6,10 @@
    helper of trainables.distributed for real (no single-process shortcut), the evaluation
    gather, a checkpoint's RNG gather (CUDA generator included), and DDP steps in bf16. A tensor
    on the wrong device raises here as it would in a multi-GPU trial.
+   Inference timing through the DDP wrapper (its throughput all-reduce under NCCL).
 3. ``trainables.loop.fit`` on a bert-base-sized model (from scratch, seq 128, bf16, one epoch
-   of full-length sequences): examples/s, MFU and peak GPU memory, the recipe as trials run it.
+   of full-length sequences): examples/s, MFU and peak GPU memory, the recipe as trials run it,
+   checked against the row's own utilisation figures; its inference throughput and latency.
 
     python -m benchmarks.gpu_check                       # on the GPU box
     python -m benchmarks.gpu_check --device cpu --model bert-tiny --examples 96   # smoke test
@@ -107,15 +109,17 @@ def collectives(cuda: bool, model: str, scratch: Path) -> None:
         # gradient all-reduce runs under the backend too.
         recipe.model = DistributedDataParallel(recipe.model, device_ids=[0] if cuda else None)
         recipe.train_epoch(1, LoopCallbacks())
-        row = recipe.epoch_row(recipe.evaluate())
+        scores = recipe.evaluate()
+        row = recipe.epoch_row(scores, recipe.measure_inference())
         state = recipe.state_dict()
         rng = state["rng"][0]
         assert (rng["cuda"] is not None) == cuda, "CUDA RNG state missing from the checkpoint"
         assert row.train_loss == row.train_loss and row.eval_examples == 64  # finite, all scored
+        assert row.inference_examples == 64 and len(row.latency) == 2, row.latency
         print(
             f"   DDP epoch in {trial.train.precision.value}: {recipe.progress.step} steps, "
             f"train loss {row.train_loss:.4f}, eval gathered ({row.eval_examples} examples), "
-            f"RNG states gathered (cuda: {rng['cuda'] is not None}): ok"
+            f"RNG states gathered (cuda: {rng['cuda'] is not None}), inference timed: ok"
         )
     finally:
         dist.destroy_process_group()
@@ -150,12 +154,30 @@ def fit_benchmark(cuda: bool, args: argparse.Namespace, scratch: Path) -> None:
     )
     print(f"   examples/s {row.examples_per_s:.1f}, tokens/s {row.tokens_per_s:.0f}")
     print(f"   model TFLOP/s {flops / 1e12:.1f}")
+    # The row's own figures (what results.csv gets) must agree with this independent count.
+    assert abs(row.model_flops_per_s / flops - 1) < 1e-6, (row.model_flops_per_s, flops)
     if cuda:
         name = torch.cuda.get_device_name()
         peak = peak_tflops(name)
         mfu = f"{flops / 1e12 / peak:.1%} of {peak:g}" if peak else "unknown peak for this device"
         memory = torch.cuda.max_memory_allocated() / 2**30
         print(f"   MFU {mfu} TFLOP/s bf16; peak GPU memory {memory:.2f} GiB")
+        assert row.device == name and row.peak_tflops == peak
+        assert peak is None or abs(row.mfu - flops / 1e12 / peak) < 1e-9
+        assert abs(row.peak_gpu_memory_gib - memory) < 1e-9
+    else:
+        assert row.mfu is None and row.peak_gpu_memory_gib is None
+    print(
+        f"   inference: {row.inference_examples_per_s:.0f} examples/s at batch "
+        f"{row.inference_batch_size} ({row.inference_examples} examples); "
+        + "; ".join(
+            f"batch {lat.batch_size}: p50 {lat.p50_ms:.2f} / p95 {lat.p95_ms:.2f} / p99 "
+            f"{lat.p99_ms:.2f} ms over {lat.batches}"
+            for lat in row.latency
+        )
+        + f"; {row.inference_time_s:.1f} s in all"
+    )
+    assert all(0 < lat.p50_ms <= lat.p95_ms <= lat.p99_ms for lat in row.latency)
 
 
 def _trial(model: str, cuda: bool, *, train_size: int, scratch: Path, batch: int = 32) -> dict:

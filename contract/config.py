@@ -8,6 +8,7 @@ GLUE_FILES is the one table of what each GLUE task is: its files, label count an
 
 from __future__ import annotations
 
+import math
 import os
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -18,10 +19,12 @@ __all__ = [
     "BERT_LADDER",
     "GLUE_FILES",
     "GLUE_TASKS",
+    "METRIC_RANGES",
     "BatchScaling",
     "ComputeConfig",
     "DataConfig",
     "GlueFiles",
+    "InferenceConfig",
     "LadderEntry",
     "ModelConfig",
     "Precision",
@@ -203,6 +206,9 @@ class ComputeConfig(_Frozen):
     # How long a trial's workers may wait to be placed (an autoscaler adding nodes counts)
     # before the trial fails, saying what it asked for and what the cluster had free.
     placement_timeout_s: Annotated[float, Field(gt=0)] = 900
+    # The GPU's dense peak TFLOP/s that MFU divides by, for a GPU the table in
+    # trainables/hardware.py lacks or gets wrong (e.g. a power-capped card). GPU trials only.
+    peak_tflops: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ComputeConfig:
@@ -298,6 +304,53 @@ class TrainConfig(_Frozen):
     # After an out-of-memory error, run again up to N times from the latest checkpoint, each
     # time with half the micro-batch and twice the gradient accumulation (same global batch).
     oom_retries: Annotated[int, Field(ge=0)] = 0
+    # Convergence. Evaluate the whole validation split every N optimizer steps as well as at
+    # each epoch's end (None: at epoch ends only); the trial reports when its evaluations first
+    # reached this fraction of its final metric, and ``target`` (a value of the primary
+    # metric) when given. Evaluating leaves training exactly as it would have been.
+    eval_every_steps: Annotated[int, Field(ge=1)] | None = None
+    convergence_fraction: Annotated[float, Field(gt=0, le=1)] = 0.95
+    target: float | None = None
+
+
+class InferenceConfig(_Frozen):
+    """Prediction timing after the final epoch, on the trial's own device and dtype.
+
+    Throughput: every worker predicts its shard of the validation split at the eval batch.
+    Latency: rank 0 predicts batches of each of ``batch_sizes`` and reports p50, p95 and p99.
+    ``max_examples`` bounds every measurement (the throughput pass over all workers, and each
+    batch size's latency run; None: the whole split); each is preceded by ``warmup_steps``
+    untimed batches.
+    """
+
+    enabled: bool = True
+    batch_sizes: tuple[Annotated[int, Field(ge=1)], ...] = (1, 32)
+    max_examples: Annotated[int, Field(ge=1)] | None = 512
+    warmup_steps: Annotated[int, Field(ge=0)] = 5
+
+    @model_validator(mode="after")
+    def _check(self) -> InferenceConfig:
+        if self.enabled and not self.batch_sizes:
+            raise ValueError("batch_sizes needs at least one batch size (or enabled: false)")
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise ValueError(f"batch_sizes repeats a value: {list(self.batch_sizes)}")
+        return self
+
+    def latency_batches(self, batch_size: int, available: int) -> int:
+        """Timed batches at ``batch_size``: enough to cover ``max_examples`` (or the
+        ``available`` examples), at least one."""
+        examples = self.max_examples or available
+        return max(1, math.ceil(examples / batch_size))
+
+
+# The values each metric can take, for checking a train.target.
+METRIC_RANGES = {
+    "accuracy": (0.0, 1.0),
+    "f1": (0.0, 1.0),
+    "matthews_correlation": (-1.0, 1.0),
+    "pearson": (-1.0, 1.0),
+    "spearmanr": (-1.0, 1.0),
+}
 
 
 class TrialConfig(_Frozen):
@@ -307,6 +360,7 @@ class TrialConfig(_Frozen):
     data: DataConfig = Field(default_factory=DataConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
 
     @model_validator(mode="after")
     def _check(self) -> TrialConfig:
@@ -314,6 +368,13 @@ class TrialConfig(_Frozen):
             raise ValueError(
                 f"train.precision {self.train.precision.value} needs compute.use_gpu: true; "
                 "on CPU use fp32"
+            )
+        target, metric = self.train.target, self.primary_metric()
+        low, high = METRIC_RANGES[metric]
+        if target is not None and not (math.isfinite(target) and low <= target <= high):
+            raise ValueError(
+                f"train.target {target} is outside the range of {metric} ({low:g} to {high:g})"
+                + ("; give it as a fraction, e.g. 0.8 for 80 %" if 1 < target <= 100 else "")
             )
         return self
 

@@ -31,6 +31,7 @@ class StepProgress:
     step_time_s: float  # seconds per optimizer step since the previous record
     loss: float | None  # mean training loss since the previous record
     eval_time_s: float | None = None  # the latest evaluation's seconds (None: none yet)
+    eval_every_steps: int = 0  # a mid-epoch evaluation every this many steps (0: none)
     evaluated: bool = False  # sent at the epoch's end: its evaluation is done too
 
     def to_dict(self) -> dict[str, Any]:

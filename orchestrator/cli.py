@@ -17,6 +17,7 @@ Examples:
   scalesweep analyze experiments/quickstart --target 0.8 --price-per-gpu-hour 2.5
   scalesweep analyze s3://my-bucket/sweeps/mrpc_bert_ladder --price-per-gpu-hour 1.0
   scalesweep analyze experiments/mrpc_bert_ladder --flops-budget 1e17
+  scalesweep analyze experiments/quickstart --max-latency-ms 5 --latency-percentile p99
   scalesweep wandb experiments/quickstart --sync
 """
 
@@ -193,6 +194,9 @@ def cmd_analyze(
     money_budget: float | None = None,
     model: str | None = None,
     flops_budget: float | None = None,
+    max_latency_ms: float | None = None,
+    latency_percentile: str = "p95",
+    latency_batch_size: int | None = None,
     wandb: str | None = None,
 ) -> int:
     """Fit scaling laws, plot the curves, write the report and print the recommendation (an
@@ -210,6 +214,9 @@ def cmd_analyze(
         money_budget=money_budget,
         model=model,
         flops_budget=flops_budget,
+        max_latency_ms=max_latency_ms,
+        latency_percentile=latency_percentile,
+        latency_batch_size=latency_batch_size,
     )
     print(result.render_terminal())
     if experiment.home:
@@ -306,7 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--metric", help="metric to analyse (default: the task's primary; 'loss' for eval loss)"
     )
-    analyze.add_argument("--target", type=float, help="metric a recommended model must reach")
+    analyze.add_argument(
+        "--target",
+        type=float,
+        help="metric a recommended model must reach; also the level the convergence figure "
+        "times (default: the spec's train.target, else 95 %% of each trial's final metric)",
+    )
     analyze.add_argument(
         "--epsilon", type=float, default=0.01, help="tolerance to the best metric (default 0.01)"
     )
@@ -323,6 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="training FLOPs (6 × non-embedding params × tokens × epochs) to allocate: the joint "
         "law's compute-optimal model size N* and examples D*, with 95 %% intervals",
+    )
+    analyze.add_argument(
+        "--max-latency-ms",
+        type=float,
+        help="latency budget: the best model whose measured prediction latency (at "
+        "--latency-percentile and --latency-batch-size) is within it",
+    )
+    analyze.add_argument(
+        "--latency-percentile",
+        choices=["p50", "p95", "p99"],
+        default="p95",
+        help="percentile the latency budget applies to (default p95)",
+    )
+    analyze.add_argument(
+        "--latency-batch-size",
+        type=int,
+        help="batch size the latency budget applies to (one of inference.batch_sizes; default: "
+        "the smallest measured)",
     )
     analyze.add_argument(
         "--wandb",

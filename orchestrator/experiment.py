@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 from contract.config import TrialConfig
-from contract.rows import REQUIRED_RESULT_FIELDS, RESULT_FIELDS, EpochRow
+from contract.rows import REQUIRED_RESULT_FIELDS, EpochRow
 from orchestrator.progress import SweepProgress, TrialProgress
 from orchestrator.spec import SweepSpec
 from orchestrator.storage import ArrowStore, LocalStore, StorageError, is_uri, working_copy
@@ -126,8 +126,8 @@ class TrialRecord:
             "trial_retries": self.retries,
         }
         # The columns every trial reports are there (empty) before its first epoch, too.
-        last = self.history[-1].to_dict() if self.history else {}
-        row |= {k: last.get(k) for k in RESULT_FIELDS if k in last or k in REQUIRED_RESULT_FIELDS}
+        row |= dict.fromkeys(REQUIRED_RESULT_FIELDS)
+        row |= self.history[-1].results() if self.history else {}
         if self.history:
             row[f"best_{primary_metric}"] = max(r.score(primary_metric) for r in self.history)
         return row

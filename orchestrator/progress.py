@@ -8,8 +8,9 @@ as trials start and end; ``scalesweep status`` reads them back. Times are Unix t
 machine that runs the sweep; ETAs are seconds from ``updated_at``, so a reader subtracts the age
 of the record (``remaining``).
 
-ETA of a trial: the steps left in its epochs at the latest seconds per step, plus one
-evaluation per epoch left at the latest evaluation's time (``trial_eta_s``). The sweep's ETA is
+ETA of a trial: the steps left in its epochs at the latest seconds per step, plus the
+evaluations left (one per epoch, and the mid-epoch ones) at the latest evaluation's time
+(``trial_eta_s``). The sweep's ETA is
 ``plan``'s makespan model run from now (``orchestrator.status.admission_eta``).
 """
 
@@ -43,15 +44,31 @@ def epoch_eta_s(p: StepProgress) -> float:
     """Seconds until the epoch under way is trained and evaluated (0 once it is evaluated)."""
     if p.evaluated:
         return 0.0
-    steps_left = max(0, p.steps_per_epoch - p.epoch_step)
-    return steps_left * p.step_time_s + (p.eval_time_s or 0.0)
+    epoch_end = p.step - p.epoch_step + p.steps_per_epoch
+    evaluations = 1 + _mid_epoch_evaluations(p, epoch_end)
+    return (epoch_end - p.step) * p.step_time_s + evaluations * (p.eval_time_s or 0.0)
 
 
 def trial_eta_s(p: StepProgress) -> float:
-    """Seconds until the trial's last epoch is evaluated: this epoch's rest, then each epoch
-    left at the latest step time and evaluation time."""
-    epoch_s = p.steps_per_epoch * p.step_time_s + (p.eval_time_s or 0.0)
-    return epoch_eta_s(p) + max(0, p.epochs - p.epoch) * epoch_s
+    """Seconds until the trial's last epoch is evaluated: the steps left at the latest step
+    time, and the evaluations left (each epoch's, and the mid-epoch ones every
+    ``eval_every_steps``) at the latest evaluation's time."""
+    epochs_left = p.epochs - p.epoch + (0 if p.evaluated else 1)
+    last_step = p.step - p.epoch_step + p.steps_per_epoch * (p.epochs - p.epoch + 1)
+    evaluations = epochs_left + _mid_epoch_evaluations(p, last_step)
+    return (last_step - p.step) * p.step_time_s + evaluations * (p.eval_time_s or 0.0)
+
+
+def _mid_epoch_evaluations(p: StepProgress, last_step: int) -> int:
+    """Mid-epoch evaluations still to come up to ``last_step``: at every multiple of
+    ``eval_every_steps`` from ``p.step`` (sent before its own evaluation) on, but none on an
+    epoch's last step (the epoch's own evaluation stands for it)."""
+    every = p.eval_every_steps
+    if not every:
+        return 0
+    lcm = math.lcm(every, p.steps_per_epoch)
+    before = p.step - 1  # multiples in (before, last_step]
+    return (last_step // every - before // every) - (last_step // lcm - before // lcm)
 
 
 def remaining(eta_s: float | None, since_s: float) -> float | None:

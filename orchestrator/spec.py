@@ -1,8 +1,9 @@
 """Search-space files: load, override, validate and expand into trial configs (no Ray).
 
-A file has fixed settings (``model``, ``data``, ``compute``, ``train`` sections whose keys are
-TrialConfig fields), ``axes`` (dotted field name -> list of values) and ``seeds``. The grid is
-the product of every axis and the seeds; every cell is validated before anything runs.
+A file has fixed settings (``model``, ``data``, ``compute``, ``train``, ``inference`` sections
+whose keys are TrialConfig fields), ``axes`` (dotted field name -> list of values) and
+``seeds``. The grid is the product of every axis and the seeds; every cell is validated before
+anything runs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from orchestrator.wandb.settings import WandbConfig, wandb_environment
 
 __all__ = ["AXIS_FIELDS", "SpecError", "SweepSpec", "load_spec", "parse_override"]
 
-SECTIONS = ("model", "data", "compute", "train")
+SECTIONS = ("model", "data", "compute", "train", "inference")
 TOP_LEVEL_KEYS = (
     "name",
     "description",

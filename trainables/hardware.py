@@ -11,9 +11,11 @@ device itself, to check any row against.
 from __future__ import annotations
 
 import re
+import resource
+import sys
 from typing import Literal
 
-__all__ = ["PEAK_TFLOPS", "peak_tflops", "training_flops_per_token"]
+__all__ = ["PEAK_TFLOPS", "peak_host_rss_bytes", "peak_tflops", "training_flops_per_token"]
 
 MathMode = Literal["bf16", "tf32"]
 
@@ -54,3 +56,10 @@ def training_flops_per_token(
     """Model FLOPs of one token's forward and backward pass: 6 per non-embedding parameter,
     plus attention's 12 x layers x hidden x sequence length (PaLM, appendix B)."""
     return 6 * params_non_embedding + 12 * layers * hidden * seq_len
+
+
+def peak_host_rss_bytes() -> int:
+    """The largest resident set this process has had, in bytes (``getrusage``: the kernel's
+    high-water mark, so no sampling can miss a peak). psutil is not a dependency here."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux

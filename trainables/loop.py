@@ -9,8 +9,10 @@ Side concerns (checkpoints, the progress watchdog, W&B) plug in through ``LoopCa
     recipe.setup(resume_from=None)          # data, model, optimizer; or a checkpoint's state
     callbacks.on_start(recipe)
     for epoch in remaining epochs:
-        recipe.train_epoch(epoch, callbacks)
-        row = recipe.epoch_row(recipe.evaluate(callbacks))
+        recipe.train_epoch(epoch, callbacks)  # + an evaluation every train.eval_every_steps
+        scores = recipe.evaluate(callbacks)
+        inference = recipe.measure_inference(callbacks) if final epoch else {}
+        row = recipe.epoch_row(scores, inference)   # final row: + convergence figures
         callbacks.on_epoch(row, recipe)      # e.g. save recipe.state_dict()
 """
 
@@ -21,8 +23,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 from contract.config import Precision, TrialConfig
-from contract.rows import EpochRow, chance_column, score_column
+from contract.convergence import converged_level, first_reaching
+from contract.rows import METRIC_NAMES, EpochRow, EvalPoint, Latency, chance_column, score_column
 from trainables.data import (
     TaskData,
     default_cache_dir,
@@ -42,6 +45,8 @@ from trainables.data import (
     tokenize_cached,
 )
 from trainables.distributed import all_gather_objects, all_reduce, rank_and_world
+from trainables.hardware import peak_host_rss_bytes, peak_tflops, training_flops_per_token
+from trainables.inference import percentile, predict, time_latency, time_throughput
 from trainables.metrics import build_metrics
 from trainables.models import build_model, build_tokenizer, count_parameters
 from trainables.sampling import LengthGroupedSampler, longest_first, sequence_lengths
@@ -60,6 +65,7 @@ log = logging.getLogger(__name__)
 
 # Data-loading processes per GPU worker at most: tokenised examples only need collating.
 _MAX_LOADER_PROCESSES = 4
+_GIB = 2**30
 
 
 @dataclass
@@ -72,6 +78,7 @@ class Progress:
     examples_seen: int = 0  # all workers
     train_tokens: int = 0  # non-padding tokens, all workers
     restarts: int = 0
+    eval_points: list[EvalPoint] = dataclasses.field(default_factory=list)  # every evaluation
 
 
 class EpochMeter:
@@ -92,6 +99,15 @@ class EpochMeter:
     def seconds(self) -> float:
         return time.perf_counter() - self.started
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside is not training time (a mid-epoch evaluation)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.started += time.perf_counter() - start
+
     def totals(self) -> tuple[float, int, int]:
         """(loss sum, examples, tokens) on this rank so far."""
         return self._loss_sum.item(), self.examples, int(self._tokens.item())
@@ -108,7 +124,11 @@ class LoopCallbacks:
         """After every optimizer step; ``progress`` holds the epochs before this one."""
 
     def on_eval_batch(self) -> None:
-        """Before every evaluation batch."""
+        """Before every evaluation batch (and every batch the inference timing predicts)."""
+
+    def on_eval(self, point: EvalPoint) -> None:
+        """After every mid-epoch evaluation (``train.eval_every_steps``); the epoch's own
+        evaluation comes with its row, in ``on_epoch``."""
 
     def on_epoch(self, row: EpochRow, recipe: FineTuneRecipe) -> None:
         """After every epoch's evaluation; ``recipe.state_dict()`` is its training state."""
@@ -132,6 +152,10 @@ class _Callbacks(LoopCallbacks):
         for callback in self.callbacks:
             callback.on_eval_batch()
 
+    def on_eval(self, point: EvalPoint) -> None:
+        for callback in self.callbacks:
+            callback.on_eval(point)
+
     def on_epoch(self, row: EpochRow, recipe: FineTuneRecipe) -> None:
         for callback in self.callbacks:
             callback.on_epoch(row, recipe)
@@ -145,8 +169,9 @@ def fit(
     cache_dir: Path | None = None,
     resume_from: dict[str, Any] | None = None,
 ) -> EpochRow | None:
-    """Fine-tune and evaluate once per epoch; the last epoch's row (None when ``resume_from``
-    already holds every epoch). ``resume_from`` is a ``FineTuneRecipe.state_dict()``: training
+    """Fine-tune and evaluate once per epoch (and every ``train.eval_every_steps`` steps),
+    time inference after the last; the last epoch's row (None when ``resume_from`` already
+    holds every epoch). ``resume_from`` is a ``FineTuneRecipe.state_dict()``: training
     continues after its epoch as if it had never stopped."""
     recipe = FineTuneRecipe(trial, device=device, cache_dir=cache_dir)
     recipe.setup(resume_from)
@@ -155,7 +180,10 @@ def fit(
     row = None
     for epoch in range(recipe.progress.epoch + 1, trial.train.epochs + 1):
         recipe.train_epoch(epoch, hooks)
-        row = recipe.epoch_row(recipe.evaluate(hooks))
+        scores = recipe.evaluate(hooks)
+        final = epoch == trial.train.epochs and trial.inference.enabled
+        inference = recipe.measure_inference(hooks) if final else {}
+        row = recipe.epoch_row(scores, inference)
         hooks.on_epoch(row, recipe)
     return row
 
@@ -225,6 +253,7 @@ class FineTuneRecipe:
         model, loader, accumulation = self.model, self.train_loader, self.accumulation
         world = rank_and_world()[1]
         max_grad_norm = self.trial.train.max_grad_norm
+        every = self.trial.train.eval_every_steps
         loader.sampler.set_epoch(epoch)
         meter = EpochMeter(self.device)
         for i, batch in enumerate(loader):
@@ -246,6 +275,12 @@ class FineTuneRecipe:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.progress.step += 1
                 callbacks.on_step(self.progress, meter, self.scheduler.get_last_lr()[0])
+                # Mid-epoch evaluation; the epoch's last step is evaluated with the epoch.
+                if every and self.progress.step % every == 0 and i + 1 < len(loader):
+                    with meter.paused():
+                        done = epoch - 1 + (i + 1) / len(loader)
+                        point = self._evaluate_mid_epoch(done, meter, callbacks)
+                    callbacks.on_eval(point)
         loss_sum, examples, tokens = all_reduce(list(meter.totals()))
         (elapsed,) = all_reduce([meter.seconds()], op="max")
         progress = self.progress
@@ -259,6 +294,38 @@ class FineTuneRecipe:
             "tokens_per_s": tokens / elapsed,
             "epoch_time_s": elapsed,
         }
+
+    def _evaluate_mid_epoch(
+        self, epoch: float, meter: EpochMeter, callbacks: LoopCallbacks
+    ) -> EvalPoint:
+        """Evaluate between optimizer steps, leaving training exactly as it would have been:
+        the model goes back to train mode, and the RNG states (which iterating a DataLoader
+        draws from, on every rank) are restored, so dropout and the batch order are those of
+        a run without it."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            scores = self.evaluate(callbacks)
+        (examples,) = all_reduce([meter.examples])
+        (seconds,) = all_reduce([meter.seconds()], op="max")
+        return self._record_point(
+            scores,
+            epoch=epoch,
+            examples_seen=self.progress.examples_seen + int(examples),
+            train_time_s=self.progress.train_time_s + seconds,
+        )
+
+    def _record_point(
+        self, scores: dict[str, float], *, epoch: float, examples_seen: int, train_time_s: float
+    ) -> EvalPoint:
+        point = EvalPoint(
+            epoch=epoch,
+            step=self.progress.step,
+            examples_seen=examples_seen,
+            train_time_s=train_time_s,
+            eval_loss=scores["eval_loss"],
+            scores={m: scores[score_column(m)] for m in METRIC_NAMES if score_column(m) in scores},
+        )
+        self.progress.eval_points.append(point)
+        return point
 
     @torch.no_grad()
     def evaluate(self, callbacks: LoopCallbacks | None = None) -> dict[str, float]:
@@ -276,9 +343,7 @@ class FineTuneRecipe:
             with self.autocast():
                 out = self.model(**batch)
             meter.add(out.loss, batch["labels"].shape[0], batch["attention_mask"])
-            logits = out.logits.float()
-            regression = self.problem_type == "regression"
-            predictions.append(logits.squeeze(-1) if regression else logits.argmax(-1))
+            predictions.append(predict(out.logits, self.problem_type == "regression"))
             references.append(batch["labels"])
         self.model.train()
         loss_sum, count, _ = all_reduce(list(meter.totals()))
@@ -293,14 +358,136 @@ class FineTuneRecipe:
             "eval_time_s": time.perf_counter() - start,
         }
 
-    def epoch_row(self, scores: dict[str, float]) -> EpochRow:
-        """The row of the epoch just trained, with its ``evaluate`` scores."""
-        compute = self.trial.compute
+    def measure_inference(self, callbacks: LoopCallbacks | None = None) -> dict[str, Any]:
+        """Time prediction with the trained model (``inference`` settings): throughput at the
+        eval batch, every worker over its shard of the validation split (examples summed, the
+        slowest worker's time), then latency at each batch size on rank 0 alone (the other
+        ranks wait at the next collective). The ``EpochRow`` fields it fills, for
+        ``epoch_row``. A collective: every rank must call it."""
+        start = time.perf_counter()
+        settings, rank, world = self.trial.inference, *rank_and_world()
+        callbacks = callbacks or LoopCallbacks()
+        model = _unwrap(self.model)  # no DDP: its forward may broadcast buffers
+        options = {
+            "device": self.device,
+            "autocast": self.autocast,
+            "regression": self.problem_type == "regression",
+            "warmup_steps": settings.warmup_steps,
+            "on_batch": callbacks.on_eval_batch,
+        }
+        cap = settings.max_examples and math.ceil(settings.max_examples / world)
+        model.eval()
+        # Iterating a DataLoader draws from the global RNG: leave it as training left it.
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            batches = _first_examples(self.eval_loader, cap)
+            all_reduce([0.0])  # start together: the pass is timed by its slowest worker
+            examples, tokens, seconds = time_throughput(model, batches, **options)
+            examples, tokens = all_reduce([examples, tokens])
+            (seconds,) = all_reduce([seconds], op="max")
+            latency = []
+            if rank == 0:
+                for size in settings.batch_sizes:
+                    timed = time_latency(model, self._latency_batches(size), **options)
+                    latency.append(
+                        Latency(
+                            batch_size=size,
+                            p50_ms=percentile(timed, 50),
+                            p95_ms=percentile(timed, 95),
+                            p99_ms=percentile(timed, 99),
+                            batches=len(timed),
+                        )
+                    )
+        model.train()
+        return {
+            "inference_examples_per_s": examples / seconds if seconds > 0 else None,
+            "inference_tokens_per_s": tokens / seconds if seconds > 0 else None,
+            "inference_examples": int(examples),
+            "inference_batch_size": self.eval_loader.batch_size,
+            "latency": tuple(latency),
+            "inference_time_s": time.perf_counter() - start,
+        }
+
+    def _latency_batches(self, size: int) -> list[dict[str, torch.Tensor]]:
+        """Batches of ``size`` from this worker's validation shard, in a fixed shuffled order
+        (the shard is sorted by length), cycling through it when the shard is smaller."""
+        dataset, collate = self.eval_loader.dataset, self.eval_loader.collate_fn
+        count = self.trial.inference.latency_batches(size, len(dataset))
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+        picks = [order[i % len(order)] for i in range(count * size)]
+        return [
+            collate([dataset[j] for j in picks[k : k + size]]) for k in range(0, len(picks), size)
+        ]
+
+    def _utilisation(self) -> dict[str, Any]:
+        """Model FLOP/s per worker and MFU over training so far, peak memories (largest over
+        workers). A collective: every rank must call it."""
+        progress, cuda = self.progress, self.device.type == "cuda"
+        world = rank_and_world()[1]
+        gpu = torch.cuda.max_memory_allocated(self.device) if cuda else 0
+        gpu, rss = all_reduce([gpu, peak_host_rss_bytes()], op="max")
+        figures: dict[str, Any] = {
+            "device": torch.cuda.get_device_name(self.device) if cuda else "cpu",
+            "peak_gpu_memory_gib": gpu / _GIB if cuda else None,
+            "peak_host_rss_gib": rss / _GIB,
+        }
+        if progress.train_time_s <= 0 or progress.examples_seen <= 0:
+            return figures
+        config = _unwrap(self.model).config
+        per_token = training_flops_per_token(
+            self.params_non_embedding,
+            layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            seq_len=progress.train_tokens / progress.examples_seen,
+        )
+        flops = per_token * progress.train_tokens / progress.train_time_s / world
+        figures["model_flops_per_s"] = flops
+        if cuda:
+            mode = "tf32" if self.trial.train.precision is Precision.fp32 else "bf16"
+            peak = self.trial.compute.peak_tflops or peak_tflops(figures["device"], mode)
+            figures["peak_tflops"] = peak
+            figures["mfu"] = flops / (peak * 1e12) if peak else None
+        return figures
+
+    def _convergence(self) -> dict[str, Any]:
+        """When the evaluations first reached ``train.convergence_fraction`` of the final
+        metric and ``train.target``: the final row's convergence fields (empty: never)."""
+        points, train = self.progress.eval_points, self.trial.train
+        metric = self.trial.primary_metric()
+        final = points[-1].score(metric)
+        figures: dict[str, Any] = {}
+        if final is not None and not math.isnan(final):
+            level = converged_level(final, train.convergence_fraction)
+            figures["converged_level"] = level
+            figures |= _reached(first_reaching(points, metric, level), "converge")
+        if train.target is not None:
+            reached = first_reaching(points, metric, train.target)
+            figures |= {"target": train.target, "target_reached": reached is not None}
+            figures |= _reached(reached, "target")
+        return figures
+
+    def epoch_row(
+        self, scores: dict[str, float], inference: dict[str, Any] | None = None
+    ) -> EpochRow:
+        """The row of the epoch just trained, with its ``evaluate`` scores (recorded as the
+        epoch's last evaluation point) and, after the final epoch, ``measure_inference``'s
+        figures and the convergence figures. A collective: every rank must call it."""
+        compute, progress = self.trial.compute, self.progress
+        self._record_point(
+            scores,
+            epoch=float(progress.epoch),
+            examples_seen=progress.examples_seen,
+            train_time_s=progress.train_time_s,
+        )
+        final = progress.epoch == self.trial.train.epochs
         return EpochRow(
             epoch=self.progress.epoch,
             **scores,
             **self.chance,
             **self._epoch,
+            eval_points=tuple(p for p in progress.eval_points if p.epoch > progress.epoch - 1),
+            **(self._convergence() if final else {}),
+            **self._utilisation(),
+            **(inference or {}),
             train_time_s=self.progress.train_time_s,
             examples_seen=self.progress.examples_seen,
             train_tokens=self.progress.train_tokens,
@@ -327,7 +514,8 @@ class FineTuneRecipe:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": all_gather_objects([_rng_state()]),  # one per rank, in rank order
-            "progress": dataclasses.asdict(self.progress),
+            "progress": dataclasses.asdict(self.progress)
+            | {"eval_points": [p.to_dict() for p in self.progress.eval_points]},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -336,7 +524,9 @@ class FineTuneRecipe:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"][rank_and_world()[0]])
-        self.progress = Progress(**state["progress"])
+        progress = state["progress"]
+        points = [EvalPoint.from_dict(p) for p in progress.get("eval_points", [])]
+        self.progress = Progress(**progress | {"eval_points": points})
         self.progress.restarts += 1
 
 
@@ -428,6 +618,33 @@ def _chance_scores(task: TaskData, metrics) -> dict[str, float]:
         for name, value in scores.items():
             best[name] = max(best.get(name, -math.inf), float(value))
     return {chance_column(name): value for name, value in best.items()}
+
+
+def _reached(point: EvalPoint | None, name: str) -> dict[str, Any]:
+    """``steps_to_<name>``, ``examples_to_<name>``, ``time_to_<name>_s`` of the point that
+    reached a level; none (empty columns) when no point did."""
+    if point is None:
+        return {}
+    return {
+        f"steps_to_{name}": point.step,
+        f"examples_to_{name}": point.examples_seen,
+        f"time_to_{name}_s": point.train_time_s,
+    }
+
+
+def _first_examples(loader: DataLoader, cap: int | None) -> list[dict[str, torch.Tensor]]:
+    """The loader's batches, up to ``cap`` examples (the last batch cut to fit), collated on
+    the host ahead of timing."""
+    batches, count = [], 0
+    for batch in loader:
+        if cap is not None and count + len(batch["input_ids"]) > cap:
+            batch = {k: v[: cap - count] for k, v in batch.items()}
+        if len(batch["input_ids"]):
+            batches.append(batch)
+            count += len(batch["input_ids"])
+        if cap is not None and count >= cap:
+            break
+    return batches
 
 
 def _as_list(tensors: list[torch.Tensor]) -> list:

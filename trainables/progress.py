@@ -6,6 +6,7 @@ ranks agree on: after each reduce, the next one is ``every_s`` away at the secon
 measured, and the measurement is the reduced one (the slowest worker's time), the same on every
 rank. The first reduce follows the first step, so a trial shows that it trains as soon as it
 does; each epoch's end is sent too, with its evaluation time, from the epoch's row (no reduce).
+Rank 0 times mid-epoch evaluations itself, for the ETA.
 
     sender = ProgressSender(channel, trial)     # channel None: does nothing, on every rank
     fit(trial, callbacks=[sender, ...])
@@ -13,9 +14,11 @@ does; each epoch's end is sent too, with its evaluation time, from the epoch's r
 
 from __future__ import annotations
 
+import time
+
 from contract.config import TrialConfig
 from contract.progress import StepProgress
-from contract.rows import EpochRow
+from contract.rows import EpochRow, EvalPoint
 from trainables.distributed import all_reduce, rank_and_world
 from trainables.loop import EpochMeter, FineTuneRecipe, LoopCallbacks, Progress
 from trainables.progress_board import ProgressChannel
@@ -29,9 +32,11 @@ class ProgressSender(LoopCallbacks):
     def __init__(self, channel: ProgressChannel | None, trial: TrialConfig) -> None:
         self.channel = channel
         self.epochs = trial.train.epochs
+        self.eval_every_steps = trial.train.eval_every_steps or 0
         self.steps_per_epoch = 1
         self.next_step = 1  # the optimizer step (over all epochs) of the next reduce
-        self.eval_time_s: float | None = None
+        self.eval_time_s: float | None = None  # the latest evaluation's seconds
+        self._eval_started: float | None = None  # when the evaluation under way started
         # At the last reduce: (epoch, step, loss sum, examples, seconds) of that epoch so far.
         self._last: tuple[int, int, float, float, float] | None = None
 
@@ -40,6 +45,7 @@ class ProgressSender(LoopCallbacks):
         self.next_step = recipe.progress.step + 1
 
     def on_step(self, progress: Progress, meter: EpochMeter, lr: float) -> None:
+        self._eval_started = None
         if self.channel is None or progress.step < self.next_step:
             return
         loss_sum, examples, _ = all_reduce(list(meter.totals()))
@@ -70,11 +76,21 @@ class ProgressSender(LoopCallbacks):
                 step_time_s=step_time,
                 loss=(loss_sum - last[2]) / window_examples if window_examples > 0 else None,
                 eval_time_s=self.eval_time_s,
+                eval_every_steps=self.eval_every_steps,
             )
         )
 
+    def on_eval_batch(self) -> None:
+        if self._eval_started is None:
+            self._eval_started = time.perf_counter()
+
+    def on_eval(self, point: EvalPoint) -> None:
+        if self._eval_started is not None:  # a mid-epoch evaluation, timed on this rank
+            self.eval_time_s = time.perf_counter() - self._eval_started
+            self._eval_started = None
+
     def on_epoch(self, row: EpochRow, recipe: FineTuneRecipe) -> None:
-        self.eval_time_s = row.eval_time_s
+        self.eval_time_s, self._eval_started = row.eval_time_s, None
         if self.channel is None or rank_and_world()[0] != 0:
             return
         self.channel.send(
@@ -90,6 +106,7 @@ class ProgressSender(LoopCallbacks):
                 step_time_s=row.epoch_time_s / self.steps_per_epoch,
                 loss=row.train_loss,
                 eval_time_s=row.eval_time_s,
+                eval_every_steps=self.eval_every_steps,
                 evaluated=True,
             )
         )

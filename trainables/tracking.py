@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from contract.config import TrialConfig
-from contract.rows import EpochRow
+from contract.rows import EpochRow, EvalPoint, score_column
 from contract.tracking import MAX_TAG, TrialTracking, open_run, warn
 from trainables.distributed import all_reduce, rank_and_world
 from trainables.loop import EpochMeter, LoopCallbacks, Progress
@@ -29,6 +29,11 @@ __all__ = ["TrialTracker"]
 # Each epoch row's fields that are W&B history, under their keys (contract.rows); the rest of
 # the row is config or summary.
 _HISTORY_KEYS = {f.name: f.metadata["wandb"] for f in fields(EpochRow) if f.metadata["wandb"]}
+# Fields the trial's run summary also holds, from the last row, under "<section>/<column>":
+# inference, convergence and utilisation figures (contract.rows).
+_SUMMARY_SECTIONS = {
+    f.name: f.metadata["summary"] for f in fields(EpochRow) if f.metadata["summary"]
+}
 _DERIVED_KEYS = ("params_total", "params_non_embedding", "train_examples")
 _AXES = ("optimizer_step", "examples_seen", "train_time_s")
 
@@ -96,6 +101,24 @@ class TrialTracker(LoopCallbacks):
                 "optimizer_step": self.step,
                 "examples_seen": int(progress.examples_seen + totals[1]),
                 "train_time_s": progress.train_time_s + totals[3],
+            }
+        )
+
+    def on_eval(self, point: EvalPoint) -> None:
+        """A mid-epoch evaluation: its scores at its optimizer step, beside the epochs' own."""
+        if not self.live:
+            return
+        scores = {score_column(m): v for m, v in point.scores.items()} | {
+            "eval_loss": point.eval_loss
+        }
+        history = {_HISTORY_KEYS[k]: v for k, v in scores.items() if k in _HISTORY_KEYS}
+        self._log(
+            history
+            | {
+                "epoch": point.epoch,
+                "optimizer_step": point.step,
+                "examples_seen": point.examples_seen,
+                "train_time_s": point.train_time_s,
             }
         )
 
@@ -193,6 +216,11 @@ class TrialTracker(LoopCallbacks):
             summary[f"best_{metric}"] = max([*scores, *([earlier] if earlier is not None else [])])
             summary |= {"epochs_completed": last.epoch, "train_time_s": last.train_time_s}
             summary |= {k: getattr(last, k) for k in (*_DERIVED_KEYS, "restarts")}
+            summary |= {
+                f"{section}/{column}": value
+                for name, section in _SUMMARY_SECTIONS.items()
+                for column, value in last.columns(name).items()
+            }
         if error:
             summary["error"] = f"{type(error).__name__}: {error}"[:500]
         run.summary.update(summary)

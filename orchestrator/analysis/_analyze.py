@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.analysis import _compute, _curves, _optimal, _plots, _recommend, _report
+from orchestrator.analysis import (
+    _compute,
+    _convergence,
+    _curves,
+    _inference,
+    _optimal,
+    _plots,
+    _recommend,
+    _report,
+)
 from orchestrator.analysis._errors import AnalysisError
 from orchestrator.analysis._table import (
     DATA,
@@ -62,6 +71,9 @@ def analyze(
     money_budget: float | None = None,
     model: str | None = None,
     flops_budget: float | None = None,
+    max_latency_ms: float | None = None,
+    latency_percentile: str = "p95",
+    latency_batch_size: int | None = None,
 ) -> AnalysisResult:
     """Analyse a finished (or partly finished) sweep and write ``<experiment_dir>/analysis/``.
 
@@ -69,15 +81,39 @@ def analyze(
     ``target`` is in that metric's units; ``epsilon`` is the tolerance of "as good as";
     budgets are per training run of the chosen configuration; ``model`` fixes the model that
     the data and workers questions are asked about (its display name or its ``model.name``);
-    ``flops_budget`` asks the joint law for the compute-optimal model size and data. Raises
+    ``flops_budget`` asks the joint law for the compute-optimal model size and data;
+    ``max_latency_ms`` asks for the best model whose ``latency_percentile`` (p50, p95, p99)
+    latency at ``latency_batch_size`` (default: the smallest measured) is within it. ``target``
+    is also the level the convergence figure times (default: the trials' own). Raises
     ``AnalysisError`` for anything a user can fix (a wrong path, no finished trial, an unknown
     metric or model, an option out of range).
     """
     _check_options(epsilon, price_per_gpu_hour, time_budget_s, money_budget, flops_budget)
+    _check_latency_options(max_latency_ms, latency_percentile, latency_batch_size)
     experiment = load_experiment(Path(experiment_dir))
     table = build_table(experiment, resolve_metric(experiment, metric))
     _check_target(table.metric, target)
     model = _resolve_model(table, model)
+    latency = _inference.latency_table(table)
+    throughput = _inference.throughput_table(table)
+    utilisation = _inference.utilisation_table(table)
+    latency_budget = _latency_budget(
+        latency, max_latency_ms, latency_percentile, latency_batch_size
+    )
+    convergence, convergence_note = _convergence.convergence(table, target)
+    notes = list(experiment.notes)
+    if latency.empty and throughput.empty:
+        notes.append(
+            "results.csv has no inference columns (a sweep from before inference timing, or "
+            "inference.enabled: false): inference figure skipped"
+        )
+    if utilisation.empty:
+        notes.append(
+            "results.csv has no utilisation columns (a sweep from before they were measured): "
+            "utilisation table skipped"
+        )
+    if convergence_note:
+        notes.append(convergence_note)
 
     out = experiment.directory / "analysis"
     out.mkdir(exist_ok=True)
@@ -95,6 +131,9 @@ def analyze(
         epsilon=epsilon,
         budget=_recommend.Budget(time_budget_s, money_budget, price_per_gpu_hour),
         model=model,
+        convergence=convergence,
+        latency=latency,
+        latency_budget=latency_budget,
     )
 
     plots = []
@@ -108,6 +147,10 @@ def analyze(
     plots.append(_plots.plot_frontier(table, cost["frontier"], out))
     if learning := _plots.plot_learning_curves(table, out):
         plots.append(learning)
+    if convergence is not None:
+        plots.append(_plots.plot_convergence(table, convergence, out))
+    if not (latency.empty and throughput.empty):
+        plots.append(_plots.plot_inference(table, latency, throughput, out))
 
     quality_curves = [*model_curves, *data_curves]
     not_learned = table.cells[~table.cells["learned"]]
@@ -131,6 +174,9 @@ def analyze(
             "money_budget": money_budget,
             "model": model,
             "flops_budget": flops_budget,
+            "max_latency_ms": max_latency_ms,
+            "latency_percentile": latency_percentile,
+            "latency_batch_size": None if latency_budget is None else latency_budget.batch_size,
         },
         "models": table.model_names,
         "trials": _trial_counts(table),
@@ -149,10 +195,8 @@ def analyze(
         "timing_outliers": _merge_outliers(
             [r for curves in amdahl.values() for c in curves for r in c.outliers]
         ),
-        "notes": list(experiment.notes),
-        "recommendation": dict(
-            zip(("model", "data", "workers"), (a.to_dict() for a in answers), strict=True)
-        ),
+        "notes": notes,
+        "recommendation": {name: answer.to_dict() for name, answer in answers.items()},
         "fits": {
             "model_axis": {"refusal": model_refusal, "curves": [c.to_dict() for c in model_curves]},
             "data_axis": {"refusal": data_refusal, "curves": [c.to_dict() for c in data_curves]},
@@ -168,6 +212,12 @@ def analyze(
             "strong_scaling": strong,
         },
         "cost": cost,
+        "inference": {
+            "latency": latency.to_dict(orient="records"),
+            "throughput": throughput.to_dict(orient="records"),
+        },
+        "convergence": None if convergence is None else convergence.to_dict(),
+        "utilisation": utilisation.to_dict(orient="records"),
         "cells": table.cells.to_dict(orient="records"),
         "plots": {
             p.name: {"title": p.title, "caption": p.caption, "png": p.png.name, "svg": p.svg.name}
@@ -205,6 +255,33 @@ def _check_options(
             raise AnalysisError(f"{name} must be a positive number, got {value}")
     if money_budget is not None and price is None:
         raise AnalysisError("a money budget needs a price per GPU-hour to turn hours into money")
+
+
+def _check_latency_options(max_ms: float | None, percentile: str, batch_size: int | None) -> None:
+    if max_ms is not None and not (math.isfinite(max_ms) and max_ms > 0):
+        raise AnalysisError(f"max latency must be a positive number of ms, got {max_ms}")
+    if percentile not in _inference.PERCENTILES:
+        raise AnalysisError(
+            f"latency percentile {percentile!r}; valid: {', '.join(_inference.PERCENTILES)}"
+        )
+    if batch_size is not None and batch_size < 1:
+        raise AnalysisError(f"latency batch size must be ≥ 1, got {batch_size}")
+
+
+def _latency_budget(
+    latency: Any, max_ms: float | None, percentile: str, batch_size: int | None
+) -> _recommend.LatencyBudget | None:
+    """The budget to answer, its batch size checked against those the trials measured."""
+    if max_ms is None:
+        return None
+    measured = sorted(set(latency["batch_size"])) if not latency.empty else []
+    if batch_size is not None and measured and batch_size not in measured:
+        raise AnalysisError(
+            f"latency batch size {batch_size} was not measured; the trials measured "
+            f"{', '.join(map(str, measured))} (inference.batch_sizes)"
+        )
+    size = batch_size or (measured[0] if measured else 1)
+    return _recommend.LatencyBudget(max_ms=max_ms, percentile=percentile, batch_size=size)
 
 
 def _check_target(metric: Metric, target: float | None) -> None:

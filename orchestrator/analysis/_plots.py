@@ -18,15 +18,19 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from contract.rows import EvalPoint
 from orchestrator.analysis import _format
+from orchestrator.analysis._convergence import Convergence
 from orchestrator.analysis._curves import Curve, JointFit, groups
 from orchestrator.analysis._table import DATA, MODEL, WORKERS, Table
 
 __all__ = [
     "Plot",
     "plot_compute",
+    "plot_convergence",
     "plot_data_axis",
     "plot_frontier",
+    "plot_inference",
     "plot_joint",
     "plot_learning_curves",
     "plot_model_axis",
@@ -378,6 +382,22 @@ def plot_frontier(table: Table, frontier: list[dict], out: Path) -> Plot:
     )
 
 
+def _evaluations(history: pd.DataFrame, metric_column: str) -> tuple[pd.DataFrame, bool]:
+    """One row per evaluation (trial_id, epoch, metric): every evaluation point where the
+    history has them (fractional epochs), else one per epoch row; and which it was."""
+    if "eval_points" not in history.columns or not history["eval_points"].notna().any():
+        return history[["trial_id", "epoch", metric_column]], False
+    rows = []
+    for trial_id, points in zip(history["trial_id"], history["eval_points"], strict=True):
+        for record in points if isinstance(points, list | tuple) else ():
+            point = EvalPoint.from_dict(record)
+            column = metric_column.removeprefix("eval_")
+            rows.append(
+                {"trial_id": trial_id, "epoch": point.epoch, metric_column: point.score(column)}
+            )
+    return pd.DataFrame(rows, columns=["trial_id", "epoch", metric_column]), True
+
+
 def plot_learning_curves(table: Table, out: Path) -> Plot | None:
     history = table.experiment.history
     if history.empty or table.metric.column not in history.columns:
@@ -385,10 +405,11 @@ def plot_learning_curves(table: Table, out: Path) -> Plot | None:
     ok = table.ok
     full = ok[ok["quality"] & (ok[DATA] == ok[DATA].max())]
     series = [MODEL, *table.extra_axes]
-    epochs = history.merge(full[["trial_id", *series]], on="trial_id")
+    evaluations, resolved = _evaluations(history, table.metric.column)
+    epochs = evaluations.merge(full[["trial_id", *series]], on="trial_id")
     if epochs.empty:
         return None
-    epochs["error_value"] = table.metric.error(epochs[table.metric.column])
+    epochs["error_value"] = table.metric.error(epochs[table.metric.column].astype(float))
     figure, (ax,) = _figure()
     lines = list(groups(epochs, series))
     for (key, trials), color in zip(lines, _colors(len(lines)), strict=True):
@@ -397,7 +418,7 @@ def plot_learning_curves(table: Table, out: Path) -> Plot | None:
             per_epoch.index,
             per_epoch["mean"],
             yerr=per_epoch["std"].fillna(0.0),
-            fmt="o-",
+            fmt=".-" if resolved else "o-",
             color=color,
             capsize=3,
             label=", ".join(_format.value(v) for v in key.values()),
@@ -413,7 +434,161 @@ def plot_learning_curves(table: Table, out: Path) -> Plot | None:
         out,
         "learning_curves",
         "Learning curves",
-        "Eval error after each epoch (mean ± std over seeds) at the largest data fraction. A curve "
+        "Eval error at every evaluation (each epoch's end, and every train.eval_every_steps "
+        "optimizer steps where set; mean ± std over seeds) at the largest data fraction. A curve "
         "still falling at the last epoch means the scaling points understate what longer training "
         "would reach.",
+    )
+
+
+_DASHES = {"p50": "-", "p95": "--", "p99": ":"}
+
+
+def plot_inference(
+    table: Table, latency: pd.DataFrame, throughput: pd.DataFrame, out: Path
+) -> Plot:
+    """Latency p50 and p95 against parameters, one colour per batch size; inference throughput
+    against workers, one line per model."""
+    figure, (lat, thr) = _figure(ncols=2, size=(11.0, 4.8))
+    devices = sorted(set(latency["device"])) if not latency.empty else []
+    # One device: named in the title; several: in each line's label.
+    by_device = ["device"] if len(devices) > 1 else []
+    series = [c for c in ("batch_size", *table.extra_axes, *by_device) if c in latency.columns]
+    lines = list(groups(latency, series)) if not latency.empty else []
+    for (key, rows), color in zip(lines, _colors(len(lines)), strict=True):
+        rows = rows.sort_values("params")
+        name = f"batch {key['batch_size']}" + "".join(
+            f", {_format.value(v)}" for k, v in key.items() if k != "batch_size"
+        )
+        for percentile in ("p50", "p95"):
+            lat.plot(
+                rows["params"],
+                rows[f"{percentile}_ms"],
+                _DASHES[percentile],
+                marker="o" if percentile == "p50" else "s",
+                color=color,
+                label=f"{name}, {percentile}",
+            )
+    if lines:
+        named = latency.drop_duplicates(MODEL).sort_values("params")
+        for i, (_, point) in enumerate(named.iterrows()):
+            lat.annotate(
+                str(point[MODEL]),
+                (point["params"], point["p50_ms"]),
+                fontsize=7,
+                xytext=(4, 6 if i % 2 == 0 else -12),
+                textcoords="offset points",
+            )
+        lat.set_xscale("log")
+        _log_y_if_positive(lat, latency[["p50_ms", "p95_ms"]].to_numpy().ravel())
+    lat.set_xlabel("non-embedding parameters N")
+    lat.set_ylabel("latency per batch (ms)")
+    on = f" on {devices[0]}" if len(devices) == 1 else ""
+    lat.set_title(f"Prediction latency{on} (solid p50, dashed p95)", fontsize=10)
+    if not throughput.empty:
+        keys = [MODEL, *table.extra_axes]
+        models = list(groups(throughput.sort_values(["params", WORKERS]), keys))
+        for (key, rows), color in zip(models, _colors(len(models)), strict=True):
+            thr.errorbar(
+                rows[WORKERS],
+                rows["examples_per_s"],
+                yerr=rows["examples_per_s_std"].fillna(0.0),
+                fmt="o-",
+                color=color,
+                capsize=3,
+                label=", ".join(_format.value(v) for v in key.values()),
+            )
+        _worker_axis(thr, throughput[WORKERS].unique())
+    thr.set_ylabel("inference examples/s, all workers")
+    thr.set_title("Inference throughput at the eval batch")
+    for ax in (lat, thr):
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[1]:
+            _legend(ax)
+    return _save(
+        figure,
+        out,
+        "inference",
+        "Inference speed",
+        "Left: milliseconds per batch to predict on one worker (rank 0), from a tokenised batch on "
+        "the host to its predicted labels on the host, after warm-up, against model size; one "
+        "colour per batch size, the median over the model's trials; solid lines p50, dashed p95. "
+        "Right: prediction throughput at the eval batch over the validation split, all workers "
+        "of a trial together, against their number (mean ± std over the model's trials). Both "
+        "are measured on each trial's own device and dtype after its final epoch.",
+    )
+
+
+def plot_convergence(table: Table, convergence: Convergence, out: Path) -> Plot:
+    """Training time to reach the level against training examples (at the quality worker
+    count) and against workers (at the largest data fraction), one line per model."""
+    figure, (by_data, by_workers) = _figure(ncols=2, size=(11.0, 4.8))
+    cells = convergence.cells
+    keys = [MODEL, *table.extra_axes]
+    quality = table.quality[[MODEL, DATA, WORKERS, *table.extra_axes]]
+    at_quality = cells.merge(quality, on=[MODEL, DATA, WORKERS, *table.extra_axes])
+    at_full = cells[cells[DATA] == cells[DATA].max()]
+    models = list(dict.fromkeys(cells.sort_values("params")[MODEL]))
+    colors = dict(zip(models, _colors(len(models)), strict=True))
+    for ax, frame, x in ((by_data, at_quality, "train_examples"), (by_workers, at_full, WORKERS)):
+        for key, rows in groups(frame.sort_values(x), keys):
+            color = colors[key[MODEL]]
+            label = ", ".join(_format.value(v) for v in key.values())
+            every = rows[rows["n_reached"] == rows["n"]]
+            some = rows[(rows["n_reached"] > 0) & (rows["n_reached"] < rows["n"])]
+            ax.errorbar(
+                every[x],
+                every["time_to_s"],
+                yerr=every["time_to_std"].fillna(0.0),
+                fmt="o-",
+                color=color,
+                capsize=3,
+                label=label,
+            )
+            if not some.empty:
+                ax.scatter(some[x], some["time_to_s"], facecolors="none", edgecolors=color, s=60)
+            never = rows[rows["n_reached"] == 0]
+            if not never.empty:  # along the top edge: these cells have no time to draw
+                ax.scatter(
+                    never[x],
+                    [0.97] * len(never),
+                    marker="x",
+                    color=color,
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                )
+    by_data.set_xscale("log")
+    # Crosses at the top edge do not widen the x limits: set them from every cell drawn.
+    if not at_quality.empty:
+        low, high = at_quality["train_examples"].min(), at_quality["train_examples"].max()
+        by_data.set_xlim(low / 1.5, high * 1.5)
+    _worker_axis(by_workers, cells[WORKERS].unique())
+    for ax, frame in ((by_data, at_quality), (by_workers, at_full)):
+        reached = frame.loc[frame["n_reached"] > 0, "time_to_s"]
+        if not reached.empty:
+            _log_y_if_positive(ax, reached)
+        if (frame["n_reached"] == 0).any():
+            ax.scatter([], [], marker="x", color="0.4", label="never reached (at the top)")
+    by_data.set_xlabel("training examples D")
+    by_data.set_title(f"Time to the level vs data ({_workers_text(table)})")
+    by_workers.set_title(
+        f"Time to the level vs workers ({_format.fraction(cells[DATA].max())} data)"
+    )
+    for ax in (by_data, by_workers):
+        ax.set_ylabel("training seconds to reach it")
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[1]:
+            _legend(ax)
+    return _save(
+        figure,
+        out,
+        "convergence",
+        "Convergence",
+        f"Training seconds (evaluations excluded) until a trial's evaluations first reached "
+        f"{convergence.level}; mean ± std over the seeds that reached it, hollow where only some "
+        "did; a cross at the top edge marks a cell where none did (see the Convergence table). "
+        "Evaluations come "
+        "at each epoch's end and every train.eval_every_steps optimizer steps, so a time is "
+        "exact to that resolution. Left: against training examples, at the worker count quality "
+        "is read at. Right: against workers, at the largest data fraction.",
     )

@@ -1,8 +1,13 @@
-"""The three practical answers: which model, how much data, how many workers.
+"""The practical answers: which model, how much data, how many workers, and (when asked) which
+model fits a latency budget.
 
 Each question narrows the next: the data question is asked of the chosen model, the workers
-question of the chosen model at the chosen data fraction. Quality is compared in error space
-(lower is better) so accuracy-like metrics and loss need no separate branches.
+question of the chosen model at the chosen data fraction, judged twice: by the whole trial's
+time and by the training time to reach a level of the metric (convergence). The latency
+question (``--max-latency-ms``) stands apart: the best model, at the largest data fraction,
+whose measured latency at a percentile and batch size is within the budget. Quality is
+compared in error space (lower is better) so accuracy-like metrics and loss need no separate
+branches.
 
 The answers are seed-aware: each cell is shown as mean ± sd over its n seeds; two cells whose
 means differ by less than two standard errors are tied (a single seed borrows the sweep's
@@ -20,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.analysis import _format
+from orchestrator.analysis._convergence import Convergence, describe_cell
 from orchestrator.analysis._table import DATA, MODEL, NOISE_Z, WORKERS, Table, standard_error
 
-__all__ = ["Answer", "Budget", "recommend"]
+__all__ = ["Answer", "Budget", "LatencyBudget", "recommend"]
 
 # With no budget, the fastest worker count that still uses at least half of what it pays for.
 _MIN_EFFICIENCY = 0.5
@@ -50,6 +56,15 @@ class Budget:
     price_per_gpu_hour: float | None = None
 
 
+@dataclass(frozen=True)
+class LatencyBudget:
+    """A prediction-latency limit: ``max_ms`` at a percentile (p50, p95, p99) and batch size."""
+
+    max_ms: float
+    percentile: str = "p95"
+    batch_size: int = 1
+
+
 def recommend(
     table: Table,
     speedups: pd.DataFrame,
@@ -58,29 +73,52 @@ def recommend(
     epsilon: float,
     budget: Budget,
     model: str | None,
-) -> tuple[Answer, Answer, Answer]:
+    convergence: Convergence | None = None,
+    latency: pd.DataFrame | None = None,
+    latency_budget: LatencyBudget | None = None,
+) -> dict[str, Answer]:
+    """The answers by name: ``model``, ``data``, ``workers``, and ``workers_to_target`` when
+    the trials have evaluation points, ``latency`` when ``latency_budget`` is given."""
     quality = table.quality.assign(se=standard_error(table.quality, table.seed_sd))
     which_model = _model(table, quality, target=target, epsilon=epsilon)
+    answers = {"model": which_model}
+    if latency_budget is not None:
+        answers["latency"] = _latency(table, quality, latency, latency_budget)
     # With no model good enough, the data and workers questions are asked of the best one.
     chosen = model or which_model.choice or which_model.details.get("best_model")
     if chosen is None:
-        return (
-            which_model,
-            Answer("Least data", None, "no model learned; nothing to compare", {}),
-            Answer("Workers", None, "no model learned; nothing to compare", {}),
-        )
+        nothing = "no model learned; nothing to compare"
+        answers["data"] = Answer("Least data", None, nothing, {})
+        answers["workers"] = Answer("Workers", None, nothing, {})
+        return _ordered(answers)
     which_data = _data(table, quality[quality[MODEL] == chosen], chosen, epsilon=epsilon)
     learned = quality[(quality[MODEL] == chosen) & quality["learned"]]
     fraction = which_data.choice if which_data.choice is not None else learned[DATA].max()
     rows = speedups[(speedups[MODEL] == chosen) & (speedups[DATA] == fraction)]
+    reached = None if convergence is None else convergence.cells
+    if reached is not None:
+        reached = reached[(reached[MODEL] == chosen) & (reached[DATA] == fraction)]
     # Compare worker counts at the extra-axis values (e.g. a learning rate) that did best here.
     best = learned[learned[DATA] == fraction]
     if not best.empty:
         best_cell = best.loc[best["error_mean"].idxmin()]
         for axis in table.extra_axes:
             rows = rows[rows[axis] == best_cell[axis]]
-    which_workers = _workers(table, rows, f"{chosen} at {_format.fraction(fraction)} data", budget)
-    return which_model, which_data, which_workers
+            if reached is not None:
+                reached = reached[reached[axis] == best_cell[axis]]
+    where = f"{chosen} at {_format.fraction(fraction)} data"
+    answers["data"] = which_data
+    answers["workers"] = _workers(table, rows, where, budget)
+    if convergence is not None:
+        answers["workers_to_target"] = _workers_to_target(
+            reached, where, convergence.level, answers["workers"].choice
+        )
+    return _ordered(answers)
+
+
+def _ordered(answers: dict[str, Answer]) -> dict[str, Answer]:
+    order = ("model", "data", "workers", "workers_to_target", "latency")
+    return {k: answers[k] for k in order if k in answers}
 
 
 def _best_per(cells: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -327,3 +365,114 @@ def _workers(table: Table, rows: pd.DataFrame, where: str, budget: Budget) -> An
 def _cost(row: pd.Series, unit: str, price: float | None) -> str:
     cost = f"{_format.hours(row['hours'])} {unit}"
     return cost + f", costing {_format.money(row['money'])}" if price else cost
+
+
+def _workers_to_target(
+    cells: pd.DataFrame, where: str, level: str, by_total_time: int | None
+) -> Answer:
+    """The worker count that reaches ``level`` after the least training time, among those at
+    which every seed reached it, with the same efficiency rule as the whole-trial answer."""
+    question = f"Workers for {where}, by training time to {level}"
+    cells = cells.sort_values(WORKERS)
+    details: dict[str, Any] = {
+        "for": where,
+        "level": level,
+        "options": cells[
+            [WORKERS, "n", "n_reached", "time_to_s", "examples_to", "steps_to"]
+        ].to_dict(orient="records"),
+        "by_total_time": by_total_time,
+    }
+    if cells[WORKERS].nunique() < 2:
+        text = "fewer than two worker counts finished here; nothing to compare"
+        return Answer(question, None, text, details)
+    every = cells[cells["n_reached"] == cells["n"]]
+    shown = ", ".join(f"{int(c[WORKERS])}: {describe_cell(c)}" for _, c in cells.iterrows())
+    if every.empty:
+        text = f"no worker count reached it in every seed ({shown})"
+        return Answer(question, None, text, details)
+    reference = cells.iloc[0]
+    w0 = int(reference[WORKERS])
+    if reference["n_reached"] == reference["n"]:
+        efficiency = reference["time_to_s"] * w0 / (every["time_to_s"] * every[WORKERS])
+        every = every.assign(efficiency=efficiency)
+        efficient = every[every["efficiency"] >= _MIN_EFFICIENCY]
+        why = f"the soonest with parallel efficiency ≥ {_MIN_EFFICIENCY:.0%}"
+    else:
+        efficient = every.assign(efficiency=math.nan)
+        why = f"the soonest; {_format.workers(w0)} did not reach it in every seed"
+    pick = efficient.loc[efficient["time_to_s"].idxmin()]
+    details["efficiency"] = float(pick["efficiency"])
+    text = f"{int(pick[WORKERS])}, {why} (training time to reach it: {shown})"
+    if by_total_time is not None:
+        same = by_total_time == int(pick[WORKERS])
+        text += (
+            "; the same as by whole-trial time"
+            if same
+            else f"; by whole-trial time: {by_total_time} (start-up and the rest of training "
+            "weigh there)"
+        )
+    return Answer(question, int(pick[WORKERS]), text, details)
+
+
+def _latency(
+    table: Table, quality: pd.DataFrame, latency: pd.DataFrame | None, budget: LatencyBudget
+) -> Answer:
+    """The best model at the largest data fraction whose latency is within the budget; ties
+    within seed noise go to the faster model."""
+    metric = table.metric
+    question = (
+        f"Best model within {budget.max_ms:g} ms {budget.percentile} latency at batch "
+        f"{budget.batch_size}"
+    )
+    details: dict[str, Any] = {
+        "max_latency_ms": budget.max_ms,
+        "percentile": budget.percentile,
+        "batch_size": budget.batch_size,
+    }
+    if latency is None or latency.empty:
+        text = (
+            "no latency measured in this sweep (results.csv has no latency columns: trials "
+            "from before inference timing, or inference.enabled: false)"
+        )
+        return Answer(question, None, text, details)
+    column = f"{budget.percentile}_ms"
+    at_size = latency[latency["batch_size"] == budget.batch_size]
+    # A model measured on several devices (or extra-axis values) is held to its slowest.
+    per_model = at_size.groupby(MODEL, observed=True).agg(
+        latency_ms=(column, "max"), device=("device", lambda d: ", ".join(sorted(set(d))))
+    )
+    full = float(table.trials[DATA].max())
+    at_full = _best_per(quality[quality[DATA] == full], MODEL)
+    candidates = at_full[at_full["learned"]].merge(per_model.reset_index(), on=MODEL, how="inner")
+    details["candidates"] = candidates[
+        [MODEL, "params", "metric_mean", "metric_std", "n", "latency_ms", "device"]
+    ].to_dict(orient="records")
+    if candidates.empty:
+        text = f"no model that learned at {_format.fraction(full)} data has a latency measured"
+        return Answer(question, None, text, details)
+    within = candidates[candidates["latency_ms"] <= budget.max_ms]
+    if within.empty:
+        fastest = candidates.loc[candidates["latency_ms"].idxmin()]
+        text = (
+            f"none: the fastest, {fastest[MODEL]}, takes {fastest['latency_ms']:.3g} ms "
+            f"({fastest['device']})"
+        )
+        return Answer(question, None, text, details)
+    best = within.loc[within["error_mean"].idxmin()]
+    # The best, and any model within seed noise of it (with one seed, noise is unknown: none).
+    tied = within[[c[MODEL] == best[MODEL] or _tied(c, best) for _, c in within.iterrows()]]
+    pick = tied.loc[tied["latency_ms"].idxmin()]
+    text = (
+        f"{pick[MODEL]}: {pick['latency_ms']:.3g} ms {budget.percentile} at batch "
+        f"{budget.batch_size} ({pick['device']}), {_shown(pick, metric.name)} at "
+        f"{_format.fraction(full)} data"
+    )
+    if pick[MODEL] != best[MODEL]:
+        text += f"; tied within seed noise with {best[MODEL]} {_shown(best)}, which is slower"
+    overall = candidates.loc[candidates["error_mean"].idxmin()]
+    if overall[MODEL] not in set(within[MODEL]) and not _tied(overall, pick):
+        text += (
+            f"; {overall[MODEL]} is better ({_shown(overall)}) but takes "
+            f"{overall['latency_ms']:.3g} ms"
+        )
+    return Answer(question, pick[MODEL], text, details)

@@ -235,6 +235,15 @@ def _sections(summary: dict[str, Any]) -> list[_Section]:
     ]
     sections.append(_fits_section(summary["fits"]))
     sections.append(_compute_section(summary))
+    sections += [
+        s
+        for s in (
+            _convergence_section(summary),
+            _inference_section(summary),
+            _utilisation_section(summary),
+        )
+        if s is not None
+    ]
     sections.append(_cost_section(summary))
     sections.append(_cells_section(summary))
     return sections
@@ -357,6 +366,147 @@ def _compute_section(summary: dict[str, Any]) -> _Section:
             "speed-up (trial)",
             "efficiency (trial)",
             "examples/s/worker",
+        ),
+        rows=rows,
+    )
+
+
+def _optional(value: Any, shown: str) -> str:
+    """``shown`` for a value, "–" for a missing one (JSON null)."""
+    return "–" if value is None else shown
+
+
+def _convergence_section(summary: dict[str, Any]) -> _Section | None:
+    convergence = summary["convergence"]
+    if convergence is None:
+        return None
+    extra = summary["experiment"]["extra_axes"]
+    rows = tuple(
+        (
+            c[MODEL],
+            _format.fraction(c[DATA]),
+            str(c[WORKERS]),
+            *(_format.value(c[a]) for a in extra),
+            f"{c['n_reached']}/{c['n']}",
+            _optional(c["time_to_s"], _format.seconds(c["time_to_s"] or 0.0)),
+            _optional(c["examples_to"], _format.count(c["examples_to"] or 0.0)),
+            _optional(c["steps_to"], f"{c['steps_to'] or 0:.0f}"),
+        )
+        for c in convergence["cells"]
+    )
+    return _Section(
+        "Convergence",
+        paragraphs=(
+            f"Level: {convergence['level']}. For each cell, how many seeds' evaluations reached "
+            "it, and the mean training seconds, training examples (all workers) and optimizer "
+            "steps at the first evaluation that did (over the seeds that reached it; – where "
+            "none did). `--target` times another level.",
+        ),
+        header=(
+            "model",
+            "data",
+            "workers",
+            *extra,
+            "reached",
+            "training time",
+            "examples",
+            "steps",
+        ),
+        rows=rows,
+    )
+
+
+def _inference_section(summary: dict[str, Any]) -> _Section | None:
+    inference = summary["inference"]
+    if not inference["latency"] and not inference["throughput"]:
+        return None
+    extra = summary["experiment"]["extra_axes"]
+    rows = tuple(
+        (
+            r[MODEL],
+            *(_format.value(r[a]) for a in extra),
+            r["device"],
+            str(r["batch_size"]),
+            f"{r['p50_ms']:.3g}",
+            f"{r['p95_ms']:.3g}",
+            f"{r['p99_ms']:.3g}",
+            str(r["batches"]),
+            str(r["trials"]),
+        )
+        for r in inference["latency"]
+    )
+    throughput = "; ".join(
+        f"{r[MODEL]} with {_format.workers(r[WORKERS])}: {r['examples_per_s']:.4g} examples/s"
+        for r in inference["throughput"]
+    )
+    return _Section(
+        "Inference",
+        paragraphs=(
+            "Latency per batch on one worker, in ms (median over the model's trials; each "
+            "trial's percentiles are over its timed batches, so a p99 of fewer than ~100 "
+            "batches is close to their maximum). `--max-latency-ms` recommends a model under a "
+            "budget.",
+            *([f"Throughput at the eval batch: {throughput}."] if throughput else []),
+        ),
+        header=(
+            "model",
+            *extra,
+            "device",
+            "batch",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "timed batches",
+            "trials",
+        ),
+        rows=rows,
+    )
+
+
+def _utilisation_section(summary: dict[str, Any]) -> _Section | None:
+    cells = summary["utilisation"]
+    if not cells:
+        return None
+    extra = summary["experiment"]["extra_axes"]
+
+    def gib(value: float | None) -> str:
+        return _optional(value, f"{value or 0:.3g}")
+
+    rows = tuple(
+        (
+            c[MODEL],
+            _format.fraction(c[DATA]),
+            str(c[WORKERS]),
+            *(_format.value(c[a]) for a in extra),
+            c["device"],
+            _optional(c["model_flops_per_s"], _format.count(c["model_flops_per_s"] or 0.0)),
+            _optional(c["mfu"], f"{100 * (c['mfu'] or 0):.1f} %"),
+            gib(c["peak_gpu_memory_gib"]),
+            gib(c["peak_host_rss_gib"]),
+            _optional(c["inference_examples_per_s"], f"{c['inference_examples_per_s'] or 0:.4g}"),
+        )
+        for c in cells
+    )
+    return _Section(
+        "Utilisation",
+        paragraphs=(
+            "Per cell (seed means; peaks are the largest over seeds and workers): model FLOP/s "
+            "per worker over training ((6 × non-embedding params + 12 × layers × hidden × "
+            "tokens per example) × tokens/s ÷ workers), MFU against the device's dense peak "
+            "(GPU only: empty on CPU), peak GPU memory allocated by torch and peak host RSS of "
+            "a worker process, and inference examples/s.",
+        ),
+        header=(
+            "model",
+            "data",
+            "workers",
+            *extra,
+            "device",
+            "FLOP/s/worker",
+            "MFU",
+            "GPU GiB",
+            "RSS GiB",
+            "inference ex/s",
         ),
         rows=rows,
     )

@@ -9,8 +9,10 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator.analysis._compute import speedups
+from orchestrator.analysis._convergence import convergence
 from orchestrator.analysis._curves import groups
 from orchestrator.analysis._errors import AnalysisError
+from orchestrator.analysis._inference import latency_table, throughput_table
 from orchestrator.analysis._table import (
     DATA,
     MODEL,
@@ -38,8 +40,10 @@ class Series:
 
 def scaling_series(experiment_dir: Path) -> list[Series]:
     """Quality against parameters and against training examples (each cell at the worker
-    count its quality is judged by), training time and speed-up against workers; none before a
-    trial has finished."""
+    count its quality is judged by), training time and speed-up against workers; and, where the
+    trials measured them, p95 latency against parameters (a line per batch size), inference
+    throughput and training time to the converged level against workers; none before a trial
+    has finished."""
     try:
         experiment = load_experiment(Path(experiment_dir))
         table = build_table(experiment, resolve_metric(experiment, None))
@@ -67,6 +71,25 @@ def scaling_series(experiment_dir: Path) -> list[Series]:
         series.append(
             _lines(table, compute, [MODEL, DATA], WORKERS, "speedup_train_time_s",
                    "speedup_vs_workers", "speed-up vs workers")
+        )  # fmt: skip
+    latency = latency_table(table)
+    if not latency.empty:
+        series.append(
+            _lines(table, latency, ["batch_size"], "params", "p95_ms", "latency_p95_vs_params",
+                   "p95 prediction latency (ms) vs non-embedding parameters")
+        )  # fmt: skip
+    throughput = throughput_table(table)
+    if not throughput.empty:
+        series.append(
+            _lines(table, throughput, [MODEL], WORKERS, "examples_per_s",
+                   "inference_throughput_vs_workers", "inference examples/s vs workers")
+        )  # fmt: skip
+    converged, _ = convergence(table, None)
+    if converged is not None:
+        reached = converged.cells[converged.cells["n_reached"] > 0]
+        series.append(
+            _lines(table, reached, [MODEL, DATA], WORKERS, "time_to_s",
+                   "time_to_target_vs_workers", f"training seconds to {converged.level} vs workers")
         )  # fmt: skip
     return series
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import textwrap
+from dataclasses import fields
 
 import pandas as pd
 import pytest
+
+from contract.rows import LATENCY_STATS, RESULT_FIELDS, EpochRow, latency_column
 
 pytestmark = pytest.mark.integration
 
@@ -15,7 +18,8 @@ name: it
 data: {source: synthetic, synthetic_train_size: 400, synthetic_validation_size: 200, max_length: 48}
 model: {from_scratch: true, tokenizer: wordpiece, wordpiece_vocab_size: 500}
 compute: {cpus_per_worker: 1, global_batch_size: 16}
-train: {epochs: 2, lr: 1e-3}
+train: {epochs: 2, lr: 1e-3, eval_every_steps: 10, target: 0.3}
+inference: {batch_sizes: [1, 8], max_examples: 32, warmup_steps: 2}
 axes:
   model.name: [bert-tiny, no-such-org/no-such-model]
   compute.num_workers: [1, 2]
@@ -95,3 +99,41 @@ def test_results_command_prints_the_table(sweep, scalesweep):
     assert results.returncode == 0, results.stderr
     out = results.stdout
     assert "bert-tiny·f1·w2·s0" in out and "2 TERMINATED" in out and "2 ERROR" in out
+
+
+# The new columns that a CPU trial leaves empty by definition: MFU and its peak, GPU memory.
+GPU_ONLY = {"mfu", "peak_tflops", "peak_gpu_memory_gib"}
+
+
+def test_every_inference_convergence_and_utilisation_column_is_filled(sweep):
+    experiment, table = sweep
+    good = table[table["model.name"] == "bert-tiny"]
+    new = {
+        f.name
+        for f in fields(EpochRow)
+        if f.name in RESULT_FIELDS and f.metadata["summary"] and not f.metadata["codec"]
+    }
+    latency = [latency_column(s, b) for b in (1, 8) for s in LATENCY_STATS]
+    for _, row in good.iterrows():
+        for column in sorted(new - GPU_ONLY) + latency:
+            assert column in table.columns and pd.notna(row[column]), column
+        for column in GPU_ONLY:
+            assert column not in table.columns or pd.isna(row[column]), column
+        assert row["device"] == "cpu" and row["model_flops_per_s"] > 0
+        assert 0 < row["latency_p50_ms_b1"] <= row["latency_p95_ms_b1"] <= row["latency_p99_ms_b1"]
+        assert row["latency_batches_b1"] == 32 and row["latency_batches_b8"] == 4
+        assert row["inference_examples"] == 32 and row["inference_examples_per_s"] > 0
+        assert 0 < row["inference_time_s"] < row["trial_wall_s"]
+        # A target any trial reaches at its first evaluation: filled, and no later than 95 %.
+        assert row["target_reached"] and row["steps_to_target"] == 10
+        assert row["steps_to_converge"] in (10, 20, 25, 30, 40, 50)
+        assert 0 < row["time_to_converge_s"] <= row["train_time_s"]
+        history = [
+            json.loads(line)
+            for line in (experiment / "trials" / row["trial_id"] / "history.jsonl").open()
+        ]
+        # 25 steps per epoch: evaluations at 10, 20 and 25 (the end), then 30, 40 and 50.
+        steps = [[p["step"] for p in h["eval_points"]] for h in history]
+        assert steps == [[10, 20, 25], [30, 40, 50]]
+        assert history[-1]["eval_points"][-1]["eval_accuracy"] == row["eval_accuracy"]
+        assert "latency_p50_ms_b1" not in history[0]  # inference is timed after the last epoch

@@ -24,10 +24,36 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from contract.rows import latency_column
 from orchestrator.analysis import AnalysisError, AnalysisResult, analyze
 
 REPO = Path(__file__).resolve().parents[2]
-PLOTS = ("model_axis", "data_axis", "joint_fit", "compute_axis", "cost_frontier", "learning_curves")
+PLOTS = (
+    "model_axis",
+    "data_axis",
+    "joint_fit",
+    "compute_axis",
+    "cost_frontier",
+    "learning_curves",
+    "convergence",
+    "inference",
+)
+# What the trials measured besides quality (inference, convergence, utilisation), as results.csv
+# columns: latency in ms grows with the model, and is 8x as long at batch 32.
+MEASURES = [
+    "latency_p50_ms_b1", "latency_p95_ms_b1", "latency_p99_ms_b1", "latency_batches_b1",
+    "latency_p50_ms_b32", "latency_p95_ms_b32", "latency_p99_ms_b32", "latency_batches_b32",
+    "inference_examples_per_s", "converged_level", "device", "model_flops_per_s", "mfu",
+    "peak_tflops", "peak_gpu_memory_gib", "peak_host_rss_gib",
+]  # fmt: skip
+H100 = "NVIDIA H100 80GB HBM3"
+POINTS_PER_EPOCH = 4  # train.eval_every_steps: a quarter of an epoch
+
+
+def latency_ms(params_non_embedding: float, batch: int) -> float:
+    return (0.5 + params_non_embedding / 1e7) * (1 if batch == 1 else 8)
+
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 Analysed = tuple[Path, AnalysisResult]
@@ -88,6 +114,7 @@ def write_experiment(
     chance: float | None = None,
     names: dict[str, tuple[str, int]] | None = None,
     noise: float = 0.003,
+    measures: bool = True,
 ) -> Path:
     """Write experiment.json, results.csv and histories; return the directory.
 
@@ -96,12 +123,15 @@ def write_experiment(
     workers) cells, as a broken strong-scaling setup would; ``accuracy`` sets the final
     accuracy of single (model, fraction, workers, seed) trials (a diverged or a lucky one);
     ``chance`` writes the chance_accuracy column newer trials report; ``names`` writes a model
-    as a local directory and a depth, (model.name, model.num_layers).
+    as a local directory and a depth, (model.name, model.num_layers); ``measures`` writes the
+    inference, convergence and utilisation columns and evaluation points (False: a sweep from
+    before them).
     """
     rng = np.random.default_rng(0)
     directory.mkdir(parents=True, exist_ok=True)
     axes = ["model.name", "data.train_fraction", "compute.num_workers"]
     columns = [*COLUMNS, *(["chance_accuracy"] if chance is not None else [])]
+    columns += MEASURES if measures else []
     rows = []
     for model in models:
         total, non_embedding = LADDER[model]
@@ -142,6 +172,7 @@ def write_experiment(
                     train_time = t1 * (SERIAL_FRACTION + (1 - SERIAL_FRACTION) / w)
                     train_time *= 1 + rng.normal(0.0, 0.01)
                     throughput = examples * EPOCHS / train_time
+                    measured = _measures(total, non_embedding, w, score, throughput)
                     rows.append(
                         row
                         | {
@@ -159,8 +190,15 @@ def write_experiment(
                             "train_loss": 1.5 * error,
                         }
                         | ({"chance_accuracy": chance} if chance is not None else {})
+                        | (measured if measures else {})
                     )
-                    _write_history(directory / "trials" / trial_id, error, train_time, examples)
+                    _write_history(
+                        directory / "trials" / trial_id,
+                        error,
+                        train_time,
+                        examples,
+                        final_error=(1.0 - score) if measures else None,
+                    )
     (directory / "experiment.json").write_text(
         json.dumps(
             {
@@ -179,14 +217,70 @@ def write_experiment(
     return directory
 
 
-def _write_history(directory: Path, error: float, train_time: float, examples: int) -> None:
+def _measures(
+    total: int, non_embedding: int, workers: int, score: float, throughput: float
+) -> dict[str, Any]:
+    flops = 6 * non_embedding * throughput * TOKENS_PER_EXAMPLE / workers
+    row = {
+        latency_column(stat, batch): (
+            48 if stat == "batches" else latency_ms(non_embedding, batch) * factor
+        )
+        for batch in (1, 32)
+        for stat, factor in (("p50_ms", 1.0), ("p95_ms", 1.2), ("p99_ms", 1.5), ("batches", 1))
+    }
+    return row | {
+        "inference_examples_per_s": 2e9 / total * workers,
+        "converged_level": 0.95 * score,
+        "device": H100,
+        "model_flops_per_s": flops,
+        "mfu": flops / 989e12,
+        "peak_tflops": 989.0,
+        "peak_gpu_memory_gib": 1 + 16 * total / 2**30,
+        "peak_host_rss_gib": 2.5,
+    }
+
+
+def _points(epoch: int, final_error: float, train_time: float, examples: int) -> list[dict]:
+    """The evaluations of one epoch: every quarter epoch, the error falling linearly by 0.1
+    over the run to the final value (so 95 % of the final accuracy comes late in the run)."""
+    points = []
+    total_steps = EPOCHS * POINTS_PER_EPOCH
+    for quarter in range(1, POINTS_PER_EPOCH + 1):
+        done = ((epoch - 1) * POINTS_PER_EPOCH + quarter) / total_steps
+        e = final_error + 0.1 * (1 - done)
+        points.append(
+            {
+                "epoch": epoch - 1 + quarter / POINTS_PER_EPOCH,
+                "step": round(done * EPOCHS * examples / 32),
+                "examples_seen": round(done * EPOCHS * examples),
+                "train_time_s": done * train_time,
+                "eval_loss": 2 * e,
+                "eval_accuracy": 1 - e,
+                "eval_f1": 1 - e - 0.02,
+            }
+        )
+    return points
+
+
+def _write_history(
+    directory: Path,
+    error: float,
+    train_time: float,
+    examples: int,
+    *,
+    final_error: float | None = None,
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     lines = []
     for epoch in range(1, EPOCHS + 1):
         e = error + 0.1 * (EPOCHS - epoch) / EPOCHS  # improves each epoch, ends at the final value
+        points = {}
+        if final_error is not None:
+            points["eval_points"] = _points(epoch, final_error, train_time, examples)
         lines.append(
             json.dumps(
-                {
+                points
+                | {
                     "epoch": epoch,
                     "train_loss": 1.5 * e,
                     "eval_loss": 2 * e,
@@ -730,6 +824,143 @@ def test_cli_passes_the_flops_budget(make_experiment, capsys, monkeypatch) -> No
     assert summary["options"]["flops_budget"] == 1e14
 
 
+@pytest.mark.parametrize(
+    ("budget", "percentile", "batch", "choice"),
+    [
+        (1.0, "p95", None, "bert-mini"),  # p95 at batch 1: tiny 0.65, mini 0.98, small 2.1 ms
+        (5.0, "p95", None, "bert-small"),
+        (0.9, "p95", None, "bert-tiny"),
+        (0.9, "p50", None, "bert-mini"),  # p50: mini 0.81 ms
+        (10.0, "p95", 32, "bert-mini"),  # batch 32 is 8x: mini 7.8, small 16.9 ms
+        (0.1, "p95", None, None),
+    ],
+)
+def test_the_best_model_within_a_latency_budget(
+    make_experiment, budget, percentile, batch, choice
+) -> None:
+    directory = make_experiment(workers=(1,), failed=())
+    options = {"latency_percentile": percentile, "latency_batch_size": batch}
+    summary = analyze(directory, max_latency_ms=budget, **options).summary
+    answer = summary["recommendation"]["latency"]
+    assert answer["choice"] == choice
+    assert answer["question"].startswith(f"Best model within {budget:g} ms {percentile} latency")
+    if choice == "bert-mini" and batch is None and percentile == "p95":
+        assert "bert-mini: 0.977 ms p95 at batch 1 (NVIDIA H100 80GB HBM3)" in answer["text"]
+        assert "bert-small is better (0.72" in answer["text"] and "takes 2.11 ms" in answer["text"]
+    if choice is None:
+        assert (
+            answer["text"] == "none: the fastest, bert-tiny, takes 0.647 ms (NVIDIA H100 80GB HBM3)"
+        )
+    assert summary["options"]["latency_batch_size"] == (batch or 1)
+
+
+def test_latency_options_out_of_range_are_one_line_errors(make_experiment) -> None:
+    directory = make_experiment(workers=(1,), failed=())
+    with pytest.raises(AnalysisError, match=r"batch size 4 was not measured; .* measured 1, 32"):
+        analyze(directory, max_latency_ms=1.0, latency_batch_size=4)
+    with pytest.raises(AnalysisError, match="percentile 'p90'; valid: p50, p95, p99"):
+        analyze(directory, max_latency_ms=1.0, latency_percentile="p90")
+    with pytest.raises(AnalysisError, match="max latency must be a positive number"):
+        analyze(directory, max_latency_ms=-1.0)
+
+
+def test_inference_table_and_figure(analysed: Analysed) -> None:
+    directory, result = analysed
+    latency = result.summary["inference"]["latency"]
+    assert {(r["model"], r["batch_size"]) for r in latency} == {
+        (m, b) for m in MODELS for b in (1, 32)
+    }
+    small = next(r for r in latency if r["model"] == "bert-small" and r["batch_size"] == 1)
+    assert small["p50_ms"] == pytest.approx(latency_ms(MODELS["bert-small"][1], 1))
+    assert small["trials"] == 3 * 3 * 2 - 1  # every finished trial of the model measured it
+    throughput = result.summary["inference"]["throughput"]
+    tiny = {
+        r["compute.num_workers"]: r["examples_per_s"]
+        for r in throughput
+        if r["model"] == "bert-tiny"
+    }
+    assert tiny[4] == pytest.approx(4 * tiny[1])
+    assert "inference" in result.summary["plots"]
+    report = (directory / "analysis" / "report.md").read_text()
+    assert "## Inference" in report and "| bert-small | NVIDIA H100 80GB HBM3 | 1 |" in report
+
+
+def test_convergence_per_cell_and_workers_by_time_to_target(analysed: Analysed) -> None:
+    _, result = analysed
+    convergence = result.summary["convergence"]
+    assert convergence["level"].startswith("its converged level (train.convergence_fraction")
+    cells = {
+        (c["model"], c["data.train_fraction"], c["compute.num_workers"]): c
+        for c in convergence["cells"]
+    }
+    # 95 % of the final accuracy is reached 2/3 into the run (the error falls by 0.1 over
+    # it, to a final error near 0.27..0.64): steps and examples do not depend on the workers,
+    # training seconds do.
+    small = [cells[("bert-small", 1.0, w)] for w in WORKERS]
+    assert [c["n_reached"] for c in small] == [2, 2, 2]
+    assert {c["examples_to"] for c in small} == {2 / 3 * EPOCHS * FULL_TRAIN_EXAMPLES}
+    times = [c["time_to_s"] for c in small]
+    assert times == sorted(times, reverse=True)
+    answer = result.summary["recommendation"]["workers_to_target"]
+    assert answer["question"].startswith("Workers for bert-small at 100 % data, by training time")
+    assert answer["choice"] == 4 and "the same as by whole-trial time" in answer["text"]
+    report = result.paths["report.md"].read_text()
+    assert "## Convergence" in report and "## Utilisation" in report
+
+
+def test_a_target_no_trial_reached_is_never_not_zero(make_experiment) -> None:
+    directory = make_experiment(workers=(1, 2), failed=())
+    summary = analyze(directory, target=0.72).summary
+    convergence = summary["convergence"]
+    assert convergence["level"] == "accuracy 0.72 (--target)"
+    cells = {(c["model"], c["data.train_fraction"]): c for c in convergence["cells"]}
+    assert cells[("bert-small", 1.0)]["n_reached"] == 2
+    never = cells[("bert-tiny", 1.0)]
+    assert never["n_reached"] == 0 and never["time_to_s"] is None
+    trial = next(t for t in convergence["trials"] if t["model"] == "bert-tiny")
+    assert trial["reached"] is False and trial["time_to_s"] is None
+    report = (directory / "analysis" / "report.md").read_text()
+    assert "| bert-tiny | 100 % | 1 | 0/2 | – | – | – |" in report
+
+
+def test_utilisation_table(analysed: Analysed) -> None:
+    _, result = analysed
+    rows = {
+        (c["model"], c["data.train_fraction"], c["compute.num_workers"]): c
+        for c in result.summary["utilisation"]
+    }
+    cell = rows[("bert-mini", 1.0, 2)]
+    assert cell["device"] == "NVIDIA H100 80GB HBM3"
+    assert cell["mfu"] == pytest.approx(cell["model_flops_per_s"] / 989e12)
+    assert cell["peak_host_rss_gib"] == 2.5 and cell["peak_gpu_memory_gib"] > 1
+
+
+def test_a_sweep_from_before_these_measures_skips_them_with_a_note(make_experiment) -> None:
+    directory = make_experiment(workers=(1, 2), failed=(), measures=False)
+    result = analyze(directory, max_latency_ms=1.0)
+    summary = result.summary
+    assert "inference" not in summary["plots"] and "convergence" not in summary["plots"]
+    assert summary["convergence"] is None and summary["utilisation"] == []
+    notes = " ".join(summary["notes"])
+    assert "no inference columns" in notes and "no evaluation points in history.jsonl" in notes
+    assert "no utilisation columns" in notes
+    assert "no latency measured in this sweep" in summary["recommendation"]["latency"]["text"]
+    assert "workers_to_target" not in summary["recommendation"]
+    assert "learning_curves" in summary["plots"]  # per epoch, from the rows themselves
+
+
+def test_cli_passes_the_latency_budget(make_experiment, capsys, monkeypatch) -> None:
+    from orchestrator.cli import main
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    directory = make_experiment(workers=(1,), failed=())
+    args = ["analyze", str(directory), "--max-latency-ms", "1", "--latency-percentile", "p50"]
+    assert main(args) == 0
+    assert "Best model within 1 ms p50 latency at batch 1: bert-mini" in capsys.readouterr().out
+    assert main([*args, "--latency-batch-size", "8"]) == 2
+    assert "error: latency batch size 8 was not measured" in capsys.readouterr().err
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 
 
@@ -766,3 +997,29 @@ def test_report_renders_with_its_images(
     # saturated colours. A report whose images failed to decode shows almost none (~0.01 %).
     saturation = pixels.max(axis=2) - pixels.min(axis=2)
     assert (saturation > 0.4).mean() > 0.001, "no plot was drawn: are the data URIs broken?"
+    # Every figure further down the page decodes, the inference and convergence ones too: a
+    # copy of the page records each image's decoded width once loaded, and Chromium dumps it.
+    probe = tmp_path / "probe.html"
+    script = (
+        "<script>window.addEventListener('load', () => { for (const i of document.images)"
+        " i.setAttribute('data-width', i.naturalWidth); });</script></body>"
+    )
+    probe.write_text(page.read_text().replace("</body>", script))
+    dom = subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    widths = dict(re.findall(r'<img alt="([^"]+)" [^>]*data-width="(\d+)"', dom))
+    assert set(widths) >= {"Inference speed", "Convergence", "Learning curves", "Compute"}
+    assert all(int(w) > 300 for w in widths.values()), widths

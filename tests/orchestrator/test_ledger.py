@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from contract.rows import EvalPoint, Latency
 from orchestrator.experiment import ExperimentDir, Ledger
 from orchestrator.spec import load_spec
 
@@ -145,3 +146,22 @@ def test_no_results_file_before_a_trial_starts(sweep):
     experiment, _ = sweep
     Ledger(experiment).end()  # stopped before any trial started
     assert not experiment.results_csv.exists() and Ledger(experiment).records == {}
+
+
+def test_results_carry_the_final_rows_latency_columns_and_convergence(sweep, row):
+    experiment, config = sweep
+    ledger = Ledger(experiment, clock=Clock())
+    ledger.start(TRIAL, config)
+    ledger.add_row(TRIAL, config, row(1))
+    latency = (Latency(batch_size=1, p50_ms=2.0, p95_ms=3.0, p99_ms=4.0, batches=64),)
+    point = EvalPoint(
+        epoch=2.0, step=8, examples_seen=200, train_time_s=2.0, eval_loss=0.6, scores={}
+    )
+    ledger.add_row(
+        TRIAL, config, row(2, latency=latency, eval_points=(point,), steps_to_converge=8)
+    )
+    table = experiment.read_results()
+    assert table.loc[0, "latency_p95_ms_b1"] == 3.0 and table.loc[0, "latency_batches_b1"] == 64
+    assert table.loc[0, "steps_to_converge"] == 8
+    assert "eval_points" not in table.columns and "latency" not in table.columns
+    assert experiment.read_history(TRIAL)[-1].eval_points == (point,)

@@ -67,6 +67,20 @@ def test_an_evaluated_epoch_has_nothing_left_of_itself():
     assert trial_eta_s(step(epoch=3, epoch_step=100)) == pytest.approx(10)
 
 
+def test_mid_epoch_evaluations_count_in_the_eta():
+    # Every 40 steps: 160 in this epoch (200 is its end: the epoch's own evaluation), then
+    # 240 and 280 in epoch 3.
+    p = step(eval_every_steps=40)
+    assert epoch_eta_s(p) == pytest.approx(70 * 0.5 + (1 + 1) * 10)
+    assert trial_eta_s(p) == pytest.approx(170 * 0.5 + (2 + 3) * 10)
+    # Sent at step 120, before its own mid-epoch evaluation: that one is still to come.
+    at_120 = step(eval_every_steps=40, epoch_step=20, step=120)
+    assert epoch_eta_s(at_120) == pytest.approx(80 * 0.5 + (1 + 2) * 10)
+    # An evaluated last epoch has nothing left, whatever divides its last step.
+    done = step(epoch=3, epoch_step=100, step=300, eval_every_steps=50, evaluated=True)
+    assert trial_eta_s(done) == 0
+
+
 def test_remaining_counts_down_from_the_record_and_stops_at_zero():
     assert remaining(45.0, 15.0) == 30.0
     assert remaining(45.0, 60.0) == 0.0

@@ -134,6 +134,42 @@ def test_overrides_set_values_and_replace_axes(tmp_path):
             "name: x\ntrain: {progress_timeout_s: 0}\n",
             "train.progress_timeout_s: Input should be greater than 0",
         ),
+        (
+            "name: x\ninference: {batch_sizes: [1, 0]}\n",
+            "inference.batch_sizes.1: Input should be greater than or equal to 1",
+        ),
+        ("name: x\ninference: {batch_sizes: [1, 1]}\n", "batch_sizes repeats a value: [1, 1]"),
+        ("name: x\ninference: {batch_sizes: []}\n", "needs at least one batch size"),
+        ("name: x\ninference: {batch_sizes: 32}\n", "inference.batch_sizes: Input should be"),
+        (
+            "name: x\ninference: {max_examples: 0}\n",
+            "inference.max_examples: Input should be greater than or equal to 1",
+        ),
+        (
+            "name: x\ninference: {warmup_steps: -1}\n",
+            "inference.warmup_steps: Input should be greater than or equal to 0",
+        ),
+        (
+            "name: x\ninference: {batchsizes: [1]}\n",
+            "unknown key 'inference.batchsizes'; did you mean 'inference.batch_sizes'?",
+        ),
+        ("name: x\ninference: [1]\n", "'inference' must be a mapping"),
+        (
+            "name: x\ntrain: {eval_every_steps: 0}\n",
+            "train.eval_every_steps: Input should be greater than or equal to 1",
+        ),
+        (
+            "name: x\ntrain: {convergence_fraction: 1.5}\n",
+            "train.convergence_fraction: Input should be less than or equal to 1",
+        ),
+        (
+            "name: x\ntrain: {target: 80}\n",
+            "train.target 80.0 is outside the range of accuracy (0 to 1); give it as a fraction",
+        ),
+        (
+            "name: x\ncompute: {peak_tflops: 0}\n",
+            "compute.peak_tflops: Input should be greater than 0",
+        ),
     ],
 )
 def test_bad_files_give_one_line_errors_and_exit_2(tmp_path, capsys, text, message):
@@ -215,3 +251,16 @@ def test_half_micro_batch_keeps_the_per_worker_batch(batch, halvings):
         assert compute.micro_batch() * compute.accumulation_steps() == compute.per_worker_batch()
         seen.append(compute.micro_batch())
     assert seen == halvings
+
+
+def test_inference_settings_are_a_section_and_an_axis(tmp_path):
+    path = write(tmp_path, GOOD + "inference: {batch_sizes: [1, 8], max_examples: 64}\n")
+    spec = load_spec(path, ["inference.warmup_steps=2", "axes.inference.enabled=[true, false]"])
+    assert {t.inference.batch_sizes for t in spec.trials} == {(1, 8)}
+    assert {t.inference.warmup_steps for t in spec.trials} == {2}
+    assert {t.inference.enabled for t in spec.trials} == {True, False}
+    space = spec.param_space()
+    assert space["inference"]["batch_sizes"] == [1, 8]
+    assert space["inference"]["enabled"] == {"grid_search": [True, False]}
+    resolved = {"batch_sizes": [1, 8], "max_examples": 64, "warmup_steps": 2}
+    assert spec.to_dict()["inference"] == resolved

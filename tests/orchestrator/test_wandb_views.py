@@ -78,6 +78,12 @@ def test_summary_run_logs_the_results_table_and_every_scaling_view(tmp_path, spe
     assert (reference["lineVal"] == 1.0).all()  # one worker is the reference of each line
     assert (speedup[speedup["step"] == 2]["lineVal"] > 1.0).all()
     assert "scaling/train_time_vs_workers_table/path" in logged
+    latency = chart(file.directory, logged, "scaling/latency_p95_vs_params")
+    assert set(latency["lineKey"]) == {"batch_size=1", "batch_size=32"}
+    throughput = chart(file.directory, logged, "scaling/inference_throughput_vs_workers")
+    assert set(throughput["lineKey"]) == {"model=bert-tiny", "model=bert-mini"}
+    to_target = chart(file.directory, logged, "scaling/time_to_target_vs_workers")
+    assert sorted(to_target["step"].unique()) == [1, 2]
 
     err = capsys.readouterr().err
     assert "W&B: offline, project 'unit'" in err

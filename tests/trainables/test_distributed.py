@@ -5,68 +5,83 @@ CUDA) makes a tensor on the wrong device raise here as it does under NCCL."""
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from contract.config import TrialConfig
 from trainables.distributed import all_gather_objects, all_reduce, collective_device
 
 DEVICES = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-TRIAL = {
-    "model": {"from_scratch": True, "tokenizer": "wordpiece", "wordpiece_vocab_size": 300},
-    "data": {"synthetic_train_size": 64, "synthetic_validation_size": 30, "max_length": 32},
-    "compute": {"num_workers": 2, "global_batch_size": 8},
-    "train": {"epochs": 1, "seed": 5},
-}
+# One rank, as its own process: a script of the installed packages only (a spawned copy of a
+# test module could not import it under plain `pytest`).
+RANK = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
 
+    import torch
+    import torch.distributed as dist
 
-def _rank(rank: int, device_type: str, store_file: str, cache: str, out: dict) -> None:
+        from trainables.distributed import all_gather_objects, all_reduce, collective_device
     from trainables.loop import FineTuneRecipe, LoopCallbacks
 
-    store = dist.FileStore(store_file, 2)
+    rank, device_type, scratch = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    store = dist.FileStore(str(scratch / "store"), 2)
     dist.init_process_group(f"{device_type}:gloo", store=store, rank=rank, world_size=2)
-    try:
-        result = {
-            "device": collective_device().type,
-            "sum": all_reduce([rank + 1.0, 10.0]),
-            "max": all_reduce([float(rank)], op="max"),
-            "gathered": all_gather_objects([f"r{rank}", {"rank": rank}]),
-        }
-        recipe = FineTuneRecipe(
-            TrialConfig.model_validate(TRIAL),
-            device=torch.device(device_type),
-            cache_dir=Path(cache),
-        )
-        recipe.setup()
-        recipe.train_epoch(1, LoopCallbacks())  # DDP's gradient all-reduce, the epoch's sums
-        row = recipe.epoch_row(recipe.evaluate())  # the loss all-reduce, the predictions gather
-        state = recipe.state_dict()  # every rank's RNG states, gathered
-        first = next(recipe.model.parameters()).detach().cpu()
-        result |= {"row": row, "rng_states": len(state["rng"]), "weights": first}
-        out[rank] = result
-    finally:
-        dist.destroy_process_group()
+    result = {
+        "device": collective_device().type,
+        "sum": all_reduce([rank + 1.0, 10.0]),
+        "max": all_reduce([float(rank)], op="max"),
+        "gathered": all_gather_objects([f"r{rank}", {"rank": rank}]),
+    }
+    trial = {
+        "model": {"from_scratch": True, "tokenizer": "wordpiece", "wordpiece_vocab_size": 300},
+        "data": {"synthetic_train_size": 64, "synthetic_validation_size": 30, "max_length": 32},
+        "compute": {"num_workers": 2, "global_batch_size": 8},
+        "train": {"epochs": 1, "seed": 5},
+    }
+    recipe = FineTuneRecipe(
+        TrialConfig.model_validate(trial), device=torch.device(device_type), cache_dir=scratch
+    )
+    recipe.setup()
+    recipe.train_epoch(1, LoopCallbacks())  # DDP's gradient all-reduce, the epoch's sums
+    row = recipe.epoch_row(recipe.evaluate())  # the loss all-reduce, the predictions gather
+    state = recipe.state_dict()  # every rank's RNG states, gathered
+    weights = next(recipe.model.parameters()).detach().cpu()
+    result |= {"row": row.to_dict(), "rng_states": len(state["rng"]), "weights": weights}
+    torch.save(result, scratch / f"rank{rank}.pt")
+    dist.destroy_process_group()
+    """
+)
 
 
 @pytest.mark.parametrize("device_type", DEVICES)
 def test_every_collective_runs_in_a_group_restricted_to_one_device_type(tmp_path, device_type):
-    out = mp.Manager().dict()
-    store_file = tempfile.mktemp(dir=tmp_path)
-    mp.spawn(_rank, args=(device_type, store_file, str(tmp_path), out), nprocs=2, join=True)
-    first, second = out[0], out[1]
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK, str(rank), device_type, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    for process in ranks:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert first["device"] == second["device"] == device_type
     assert first["sum"] == second["sum"] == [3.0, 20.0]
     assert first["max"] == [1.0]
     assert first["gathered"] == second["gathered"] == ["r0", {"rank": 0}, "r1", {"rank": 1}]
     # Both ranks scored the whole validation split and summed the same epoch.
     for key in ("eval_loss", "eval_accuracy", "eval_f1", "train_loss", "train_tokens"):
-        assert getattr(first["row"], key) == getattr(second["row"], key), key
-    assert first["row"].examples_seen == 64 and first["row"].eval_examples == 30
+        assert first["row"][key] == second["row"][key], key
+    assert first["row"]["examples_seen"] == 64 and first["row"]["eval_examples"] == 30
     assert first["rng_states"] == 2
     torch.testing.assert_close(first["weights"], second["weights"])  # DDP kept them equal
 

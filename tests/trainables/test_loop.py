@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from contract.config import TrialConfig
-from contract.rows import EpochRow
+from contract.rows import EpochRow, EvalPoint, Latency
 from trainables.loop import LoopCallbacks, build_optimizer, fit
 from trainables.models import build_model
 
@@ -32,7 +32,13 @@ TINY = {
     },
     "compute": {"global_batch_size": 16, "max_micro_batch_size": 8},
     "train": {"epochs": 2, "lr": 1e-3, "seed": 3},
+    # Timing kept short: a few batches of each size.
+    "inference": {"batch_sizes": [1, 4], "max_examples": 8, "warmup_steps": 1},
 }
+
+
+def with_train(**settings) -> TrialConfig:
+    return TrialConfig.model_validate({**TINY, "train": {**TINY["train"], **settings}})
 
 
 class Recorder(LoopCallbacks):
@@ -42,9 +48,13 @@ class Recorder(LoopCallbacks):
         self.rows: list[EpochRow] = []
         self.states: list[bytes] = []
         self.steps = 0
+        self.points: list[EvalPoint] = []
 
     def on_step(self, progress, meter, lr) -> None:
         self.steps += 1
+
+    def on_eval(self, point) -> None:
+        self.points.append(point)
 
     def on_epoch(self, row, recipe) -> None:
         self.rows.append(row)
@@ -101,6 +111,94 @@ def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tmp_path
     # Dropout after the restart draws what it would have: the RNG state came back too.
     for key in ("train_loss", "eval_loss", "eval_accuracy"):
         assert getattr(resumed, key) == pytest.approx(getattr(uninterrupted, key), abs=1e-6)
+
+
+# Training figures that must not move when evaluations are added between steps.
+SAME_TRAINING = ("train_loss", "eval_loss", "eval_accuracy", "eval_f1", "train_tokens", "lr")
+
+
+def test_mid_epoch_evaluation_leaves_training_bit_for_bit_the_same(tmp_path):
+    """Evaluating every 4 steps (the eval loader draws from the global RNG, dropout is on in
+    training) must change nothing about training: same losses and scores, to the bit."""
+    plain = Recorder()
+    fit(with_train(epochs=2), callbacks=[plain], cache_dir=tmp_path)
+    evaluated = Recorder()
+    fit(with_train(epochs=2, eval_every_steps=4), callbacks=[evaluated], cache_dir=tmp_path)
+    for a, b in zip(plain.rows, evaluated.rows, strict=True):
+        for key in SAME_TRAINING:
+            assert getattr(a, key) == getattr(b, key), key
+    # 15 steps per epoch: mid-epoch points at 4, 8, 12 | 16, 20, 24, 28; each epoch's own last.
+    assert [p.step for p in evaluated.points] == [4, 8, 12, 16, 20, 24, 28]
+    first, second = evaluated.rows
+    assert [p.step for p in first.eval_points] == [4, 8, 12, 15]
+    assert [p.step for p in second.eval_points] == [16, 20, 24, 28, 30]
+    assert [p.step for p in plain.rows[0].eval_points] == [15]  # epoch ends only, without it
+    end = second.eval_points[-1]
+    assert (end.epoch, end.examples_seen, end.train_time_s) == (2.0, 480, second.train_time_s)
+    assert end.scores["accuracy"] == second.eval_accuracy and end.eval_loss == second.eval_loss
+    assert first.eval_points[0].epoch == pytest.approx(8 / 30)  # 8 micro-batches of 30
+    examples = [p.examples_seen for p in evaluated.points]
+    assert examples == [64, 128, 192, 256, 320, 384, 448]
+    times = [p.train_time_s for r in evaluated.rows for p in r.eval_points]
+    assert times == sorted(times)  # training seconds, evaluations excluded, only grow
+
+
+def test_the_final_row_times_inference_and_says_when_it_converged(tmp_path):
+    recorder = Recorder()
+    trial = with_train(epochs=2, eval_every_steps=5, target=0.99)
+    final = fit(trial, callbacks=[recorder], cache_dir=tmp_path)
+    first = recorder.rows[0]
+    assert first.latency == () and first.inference_examples_per_s is None
+    assert first.steps_to_converge is None  # convergence is judged on the final row
+    assert [latency.batch_size for latency in final.latency] == [1, 4]
+    one, four = final.latency
+    assert isinstance(one, Latency) and one.batches == 8 and four.batches == 2
+    assert 0 < one.p50_ms <= one.p95_ms <= one.p99_ms
+    assert final.inference_examples == 8 and final.inference_batch_size == 64
+    assert final.inference_examples_per_s > 0 and final.inference_tokens_per_s > 0
+    assert final.inference_time_s > 0
+    # Convergence: the first evaluation at 95 % of the final accuracy.
+    points = [p for r in recorder.rows for p in r.eval_points]
+    level = final.converged_level
+    assert level == pytest.approx(0.95 * final.eval_accuracy)
+    first_reached = next(p for p in points if p.scores["accuracy"] >= level)
+    assert final.steps_to_converge == first_reached.step
+    assert final.examples_to_converge == first_reached.examples_seen
+    assert final.time_to_converge_s == first_reached.train_time_s
+    # A target above every score is never reached: empty, not zero.
+    assert final.target == 0.99 and final.target_reached is False
+    assert final.steps_to_target is None and final.time_to_target_s is None
+    assert "time_to_target_s" not in final.to_dict()
+    # Utilisation on CPU: FLOP/s and host memory, no MFU or GPU memory.
+    assert final.device == "cpu" and final.model_flops_per_s > 0
+    assert final.mfu is None and final.peak_tflops is None and final.peak_gpu_memory_gib is None
+    assert 0 < final.peak_host_rss_gib < 64
+
+
+def test_inference_can_be_turned_off(tmp_path):
+    trial = TrialConfig.model_validate({**TINY, "inference": {"enabled": False}})
+    one_epoch = trial.model_copy(update={"train": trial.train.model_copy(update={"epochs": 1})})
+    final = fit(one_epoch, cache_dir=tmp_path)
+    assert final.latency == () and final.inference_time_s is None
+    assert final.steps_to_converge is not None  # convergence does not depend on it
+
+
+def test_resumed_run_keeps_earlier_evaluation_points_and_converges_the_same(tmp_path):
+    trial = with_train(epochs=3, eval_every_steps=4, target=0.5)
+    first = Recorder()
+    uninterrupted = fit(trial, callbacks=[first], cache_dir=tmp_path)
+    second = Recorder()
+    resumed = fit(
+        trial,
+        callbacks=[second],
+        cache_dir=tmp_path,
+        resume_from=torch.load(io.BytesIO(first.states[0]), weights_only=True),
+    )
+    for key in (*SAME_TRAINING, "steps_to_converge", "examples_to_converge", "steps_to_target"):
+        assert getattr(resumed, key) == pytest.approx(getattr(uninterrupted, key), abs=1e-6), key
+    assert resumed.target_reached == uninterrupted.target_reached
+    steps = [[p.step for p in r.eval_points] for r in second.rows]
+    assert steps == [[p.step for p in r.eval_points] for r in first.rows[1:]]
 
 
 @pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"GLUE files not at {GLUE_DIR}")

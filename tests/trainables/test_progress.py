@@ -121,14 +121,20 @@ def test_without_a_channel_nothing_is_measured_or_sent():
 
 def test_a_real_loop_sends_every_step_and_every_epoch(tmp_path):
     channel = Channel(every_s=1e-9)
-    fit(TRIAL, callbacks=[ProgressSender(channel, TRIAL)], cache_dir=tmp_path)
+    trial = TRIAL.model_copy(
+        update={"train": TRIAL.train.model_copy(update={"eval_every_steps": 4})}
+    )
+    fit(trial, callbacks=[ProgressSender(channel, trial)], cache_dir=tmp_path)
     steps = [p for p in channel.sent if not p.evaluated]
     ends = [p for p in channel.sent if p.evaluated]
     assert [p.step for p in steps] == list(range(1, 13))  # 96 / 16 = 6 steps x 2 epochs
     assert [(p.epoch, p.epoch_step) for p in steps[4:8]] == [(1, 5), (1, 6), (2, 1), (2, 2)]
     assert [p.epoch for p in ends] == [1, 2] and ends[-1].examples_seen == 2 * 96
     assert all(p.steps_per_epoch == 6 and p.examples_per_s > 0 for p in channel.sent)
-    assert steps[-1].eval_time_s == ends[0].eval_time_s > 0
+    assert all(p.eval_every_steps == 4 for p in channel.sent)
+    # Rank 0 timed the mid-epoch evaluation at step 4, before the epoch's own.
+    assert [p.eval_time_s is not None for p in steps[:5]] == [False] * 4 + [True]
+    assert steps[4].eval_time_s > 0 and ends[0].eval_time_s > 0
 
 
 def test_sending_never_raises():

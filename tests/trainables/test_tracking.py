@@ -9,6 +9,7 @@ import wandb
 
 import trainables.tracking
 from contract.config import TrialConfig
+from contract.rows import EvalPoint, Latency
 from contract.tracking import TrialTracking, WandbMode
 from orchestrator.wandb.offline import find_run_files, read_run
 from trainables.loop import Progress, fit
@@ -206,3 +207,32 @@ def test_a_logging_error_stops_logging_not_training(tmp_path, tracking, play, mo
     assert err.count("warning: W&B:") == 1 and "division by zero" in err
     [(_, run)] = runs(tmp_path)
     assert run.exit_code == 0 and run.summary["best_accuracy"] == 0.6  # still closed properly
+
+
+def test_mid_epoch_evaluations_and_the_final_figures_reach_wandb(tmp_path, tracking, epoch_row):
+    final = epoch_row(
+        eval_accuracy=0.6,
+        latency=(Latency(batch_size=1, p50_ms=2.0, p95_ms=3.0, p99_ms=4.0, batches=64),),
+        inference_examples_per_s=900.0,
+        steps_to_converge=2,
+        time_to_converge_s=1.0,
+        model_flops_per_s=5e9,
+        peak_host_rss_gib=1.5,
+    )
+    point = EvalPoint(
+        epoch=0.5, step=2, examples_seen=32, train_time_s=1.0, eval_loss=0.8, scores={"f1": 0.4}
+    )
+    with TrialTracker(tracking, TRIAL) as tracker:
+        tracker.on_eval(point)
+        tracker.on_epoch(final)
+    [(_, run)] = runs(tmp_path)
+    mid, end = [h for h in run.history if "eval/loss" in h]
+    assert (mid["optimizer_step"], mid["eval/f1"], mid["eval/loss"]) == (2, 0.4, 0.8)
+    assert (mid["examples_seen"], mid["train_time_s"], mid["epoch"]) == (32, 1.0, 0.5)
+    assert end["eval/accuracy"] == 0.6 and end["epoch/model_flops_per_s"] == 5e9
+    summary = run.summary
+    assert summary["inference/latency_p95_ms_b1"] == 3.0
+    assert summary["inference/inference_examples_per_s"] == 900.0
+    assert summary["convergence/steps_to_converge"] == 2
+    assert summary["utilisation/peak_host_rss_gib"] == 1.5
+    assert "convergence/time_to_target_s" not in summary  # no target: nothing, not 0
