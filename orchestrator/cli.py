@@ -8,8 +8,11 @@ Examples:
   scalesweep run search_spaces/mrpc_bert_ladder.yaml --address auto --cluster cluster.yaml
   scalesweep run search_spaces/quickstart.yaml 'axes.model.name=[bert-tiny]' -o experiments/try1
   scalesweep run search_spaces/quickstart.yaml wandb.project=my-scaling --wandb online
+  scalesweep run search_spaces/quickstart.yaml --progress-every 10
   scalesweep resume experiments/quickstart
   scalesweep resume s3://my-bucket/sweeps/mrpc_bert_ladder
+  scalesweep status experiments/quickstart --watch
+  scalesweep status s3://my-bucket/sweeps/mrpc_bert_ladder
   scalesweep results experiments/quickstart
   scalesweep analyze experiments/quickstart --target 0.8 --price-per-gpu-hour 2.5
   scalesweep analyze s3://my-bucket/sweeps/mrpc_bert_ladder --price-per-gpu-hour 1.0
@@ -21,11 +24,13 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -33,9 +38,12 @@ from contract.tracking import WandbMode
 from orchestrator.cluster import ClusterError, load_cluster_file, probe
 from orchestrator.errors import Interrupted, UserError
 from orchestrator.experiment import ExperimentDir
+from orchestrator.monitor import DEFAULT_PROGRESS_EVERY_S, ProgressOptions
 from orchestrator.plan import plan_rows, render_plan
+from orchestrator.progress import SWEEP_RUNNING
 from orchestrator.resource_plan import BENCHMARKED, measured_throughput, render_resources
 from orchestrator.spec import DEFAULT_STORAGE_PATH, SpecError, SweepSpec, load_spec
+from orchestrator.status import TrialEstimates, read_status, render_status
 from orchestrator.storage import is_uri, remote_exists, storage_root
 from orchestrator.wandb.views import describe_runs, publish_analysis, sync_runs
 
@@ -117,6 +125,7 @@ def cmd_run(
     address: str | None,
     cluster: Path | None = None,
     wandb: str | None = None,
+    progress: ProgressOptions | None = None,
 ) -> int:
     """Run the sweep on local Ray (default) or a cluster, writing the experiment directory."""
     if wandb:
@@ -131,19 +140,45 @@ def cmd_run(
         raise SpecError(f"{remote} exists already; pick another -o/--experiment-dir name")
     from orchestrator.sweep import run_sweep  # imports Ray: only when a sweep really runs
 
-    experiment = run_sweep(spec, experiment_dir, address=address, cluster_file=cluster)
+    experiment = run_sweep(
+        spec, experiment_dir, address=address, cluster_file=cluster, progress=progress
+    )
     _print_results(experiment)
     return 0
 
 
-def cmd_resume(experiment_dir: str | Path, address: str | None) -> int:
+def cmd_resume(
+    experiment_dir: str | Path, address: str | None, progress: ProgressOptions | None = None
+) -> int:
     """Continue an interrupted sweep, from its directory or its URI (on any machine): finished
     trials stay, unfinished ones resume."""
     from orchestrator.sweep import resume_sweep  # imports Ray
 
-    experiment = resume_sweep(experiment_dir, address=address)
+    experiment = resume_sweep(experiment_dir, address=address, progress=progress)
     _print_results(experiment)
     return 0
+
+
+def cmd_status(experiment_dir: str, *, watch: float | None = None) -> int:
+    """Where a sweep stands, from its experiment directory or its URI: per trial its state,
+    epoch, step, latest metric and ETA; the sweep's counts, elapsed time, ETA and GPU-hours."""
+    experiment = ExperimentDir.open(experiment_dir)  # a URI: its files, into a working copy
+    estimates = TrialEstimates(experiment)
+    try:
+        while True:
+            status = read_status(experiment, estimates=estimates)
+            if watch and sys.stdout.isatty():
+                print("\033[2J\033[H", end="")  # clear the screen: one screen, redrawn
+            print(render_status(status, experiment.location), flush=True)
+            if not watch or status.state != SWEEP_RUNNING or status.stale:
+                return 0
+            time.sleep(watch)
+            if is_uri(experiment_dir):
+                experiment.pull()  # what the sweep wrote there since
+            if not sys.stdout.isatty():
+                print()
+    except KeyboardInterrupt:  # the way out of --watch
+        return 0
 
 
 def cmd_results(experiment_dir: str | Path) -> int:
@@ -269,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=cluster_help + " (default on a `ray up` head: its autoscaler config; else the "
         "cluster's nodes now)",
     )
+    _add_progress_options(run)
     wandb_modes = [mode.value for mode in WandbMode]
     run.add_argument(
         "--wandb",
@@ -281,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     location_help = "experiment directory, or its URI (s3://BUCKET/sweeps/NAME)"
     resume.add_argument("experiment_dir", help=location_help)
     resume.add_argument("--address", help="Ray cluster to join (default: as for run)")
+    _add_progress_options(resume)
+
+    status = commands.add_parser("status", help=cmd_status.__doc__.split(":")[0])
+    status.add_argument("experiment_dir", help=location_help)
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=5.0,
+        type=_seconds,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 5) until the sweep is no longer running",
+    )
 
     results = commands.add_parser("results", help=cmd_results.__doc__)
     results.add_argument("experiment_dir", help=location_help)
@@ -343,6 +391,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _add_progress_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--progress-every",
+        type=_seconds,
+        default=DEFAULT_PROGRESS_EVERY_S,
+        metavar="SECONDS",
+        help="how often each running trial reports its step, speed, loss and ETAs, on the "
+        f"console and in trials/<id>/progress.json (default {DEFAULT_PROGRESS_EVERY_S:g})",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress lines within trials (and no live display): only trial starts, "
+        "epochs, ends and the sweep's status line; progress records are still written",
+    )
+
+
+def _progress(args: argparse.Namespace) -> ProgressOptions:
+    return ProgressOptions(every_s=args.progress_every, quiet=args.quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # SIGTERM (`ray job stop`, `kill`) stops a command as Ctrl-C does; a sweep refines both
@@ -389,9 +468,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             address,
             args.cluster,
             wandb=args.wandb,
+            progress=_progress(args),
         )
     if args.command == "resume":
-        return cmd_resume(args.experiment_dir, args.address or os.environ.get("RAY_ADDRESS"))
+        address = args.address or os.environ.get("RAY_ADDRESS")
+        return cmd_resume(args.experiment_dir, address, _progress(args))
+    if args.command == "status":
+        return cmd_status(args.experiment_dir, watch=args.watch)
     if args.command == "analyze":
         options = {k: v for k, v in vars(args).items() if k not in ("command", "experiment_dir")}
         return cmd_analyze(args.experiment_dir, **options)

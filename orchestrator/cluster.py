@@ -286,16 +286,26 @@ def simulate(
     *,
     max_running: int | None = None,
     kind: str = "GPU",
+    running: Sequence[tuple[Gang, float]] = (),
 ) -> Schedule:
     """List scheduling of ``(gang, seconds)`` trials under ``Admission``, as a sweep runs them:
     at the start and whenever a trial ends, every waiting trial (in ``start_order``) whose gang
-    fits starts. Every gang must fit the empty cluster (check ``unplaceable`` first)."""
+    fits starts. Every gang must fit the empty cluster (check ``unplaceable`` first).
+
+    ``running``: trials already under way, ``(gang, seconds left)``, holding their gangs from
+    the start (a running sweep's ETA); one that this model of the cluster cannot place beside
+    the others runs all the same."""
     gangs = [gang for gang, _ in trials]
     order = start_order(gangs, [s for _, s in trials])
     admission = Admission(capacity, max_running)
     waiting = [(str(i), gangs[i]) for i in order]
     ends: list[tuple[float, str]] = []  # (end time, key) of the running trials, a heap
     now = busy = 0.0
+    for i, (gang, seconds) in enumerate(running):
+        key = f"running-{i}"
+        admission.try_start(key, gang)
+        heapq.heappush(ends, (seconds, key))
+        busy += seconds * sum(b.get(kind, 0.0) for b in gang)
     while waiting or ends:
         while (index := admission.start_next(waiting)) is not None:
             key, gang = waiting.pop(index)

@@ -3,8 +3,10 @@
 <dir>/spec.yaml                     the resolved search space, overrides applied
 <dir>/experiment.json               name, primary metric, axes, seeds, trial count
 <dir>/results.csv                   one row per trial (rewritten as trials start and end)
+<dir>/progress.json                 the sweep's state, elapsed time and ETA (orchestrator.progress)
 <dir>/trials/<trial_id>/config.json the trial's full config
 <dir>/trials/<trial_id>/history.jsonl  one EpochRow per line, as reported
+<dir>/trials/<trial_id>/progress.json  the trial's latest progress within its epoch
 <dir>/trials/<trial_id>/error.txt   the traceback of a failed trial
 <dir>/tune/, <dir>/train/           Ray Tune and Ray Train state (restore, checkpoints)
 <dir>/wandb/                        W&B run files (a view of the above; sweep.json: its W&B name)
@@ -38,6 +40,7 @@ import yaml
 from contract.config import TrialConfig
 from contract.rows import REQUIRED_RESULT_FIELDS, EpochRow
 from orchestrator.errors import UserError
+from orchestrator.progress import SweepProgress, TrialProgress
 from orchestrator.spec import SweepSpec
 from orchestrator.storage import ArrowStore, LocalStore, StorageError, is_uri, working_copy
 
@@ -407,6 +410,30 @@ class ExperimentDir:
         text = "".join(json.dumps(row.to_dict()) + "\n" for row in rows)
         self.write_file(_trial_file(trial_id, "history.jsonl"), text)
 
+    def write_progress(self, record: TrialProgress) -> None:
+        """The trial's latest progress record (``trials/<id>/progress.json``), replaced whole."""
+        self.write_file(_trial_file(record.trial_id, "progress.json"), json.dumps(record.to_dict()))
+
+    def read_progress(self, trial_id: str) -> TrialProgress | None:
+        """The trial's latest progress record; None when it has none, or none that reads
+        whole (a torn or foreign file is no progress, never an error)."""
+        data = _read_json(self.trial_dir(trial_id) / "progress.json")
+        try:
+            return TrialProgress.from_dict(data) if data is not None else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def write_sweep_progress(self, record: SweepProgress) -> None:
+        self.write_file("progress.json", json.dumps(record.to_dict(), indent=2))
+
+    def read_sweep_progress(self) -> SweepProgress | None:
+        """The sweep's progress record; None when missing or unreadable (an older sweep)."""
+        data = _read_json(self.path / "progress.json")
+        try:
+            return SweepProgress.from_dict(data) if data is not None else None
+        except (KeyError, TypeError, ValueError):
+            return None
+
     def load_records(self) -> list[TrialRecord]:
         """What an earlier run of this sweep left on disk (to resume it without losing rows)."""
         if not self.results_csv.is_file():
@@ -534,6 +561,14 @@ class Ledger:
     def done(self) -> int:
         return sum(r.status in (FINISHED, FAILED) for r in self.records.values())
 
+    def wall_now(self, trial_id: str) -> float | None:
+        """A trial's wall time up to now, over all its runs (its saved one when not running)."""
+        record = self.records.get(trial_id)
+        if record is None or trial_id not in self._started or record.status != RUNNING:
+            return record.wall_s if record else None
+        since, before = self._started[trial_id]
+        return before + self.clock() - since
+
     def _update_wall(self, record: TrialRecord) -> None:
         if record.trial_id in self._started:
             since, before = self._started[record.trial_id]
@@ -595,6 +630,15 @@ def _is_number(value: Any) -> bool:
 
 def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when missing, torn or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def summarize_error(traceback_text: str) -> str:

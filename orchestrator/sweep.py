@@ -3,7 +3,10 @@
 One Tune trial per grid cell; each trial runs ``trainables.driver.run_trial``, which fits a
 TorchTrainer. A Tune callback streams every report into the experiment directory as it arrives
 (and into its home, with a URI storage_path), so an interrupted or failing sweep keeps
-everything that finished. SIGINT and SIGTERM stop a sweep the same way (``_Sweep``).
+everything that finished. SIGINT and SIGTERM stop a sweep the same way (``_Sweep``). Between
+reports, each trial's rank 0 sends its progress to the sweep's ``ProgressBoard`` actor, which
+the same callback reads about every second (``orchestrator.monitor`` writes and shows it); the
+console is the sweep's own, in place of Tune's.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.progress_reporter import TrialProgressCallback
 from ray.tune.search import BasicVariantGenerator
 
 from contract.config import DataConfig, TrialConfig
@@ -32,6 +37,7 @@ from orchestrator.cluster import (
     DRIVER_RESOURCES,
     HEAD_DRIVER_UNITS,
     Admission,
+    Capacity,
     Gang,
     check_placeable,
     check_reachable,
@@ -41,12 +47,14 @@ from orchestrator.cluster import (
 )
 from orchestrator.errors import Interrupted
 from orchestrator.experiment import FAILED, FINISHED, ExperimentDir, Ledger, summarize_error
+from orchestrator.monitor import DEFAULT_PROGRESS_EVERY_S, ProgressOptions, SweepMonitor
 from orchestrator.plan import plan_rows
 from orchestrator.resource_plan import BENCHMARKED
 from orchestrator.spec import SpecError, SweepSpec, load_spec
 from orchestrator.storage import is_uri, storage_root, uri_join
 from orchestrator.wandb.views import SweepTracking
 from trainables.driver import run_trial
+from trainables.progress_board import ProgressChannel, find_board, start_board
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +69,6 @@ WORKER_ENV = {
     # poll to start, to pass on reports and to finish: seconds of idle per small trial.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
-# Set in this (the Tune driver's) process: Tune's own console output off, as _TuneEvents prints
-# one line per epoch and per trial (a failed trial's with the path to its traceback). Tune's
-# controller prints each failed trial's whole traceback, and its new output engine a config
-# table and two lines per error whatever RunConfig(verbose=0) says; the legacy one obeys it.
-DRIVER_ENV = {"TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "RAY_AIR_NEW_OUTPUT": "0"}
 # Only on a local instance, which no cloud can preempt: no preemption-watcher actor per trial
 # (one more process to start, ~1 CPU-second each on a small machine; see BENCHMARKS.md).
 LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
@@ -84,6 +87,14 @@ FORWARDED_ENV = (
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
 )
+# Read by Tune in the process that runs the sweep, while it runs: its older output engine, the
+# one that a callback can silence (_NoTuneConsole), and no whole traceback per failed trial from
+# its controller (_TuneEvents prints one line with the path to the trial's error.txt).
+_TUNE_OUTPUT = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
+# Tune's logger that says where it saved its state, at the end of every sweep (INFO).
+_TUNE_LOGGER = "ray.tune.tune"
+# How often the sweep's callback looks for progress records (and redraws a live display).
+POLL_S = 1.0
 
 
 class _Sweep:
@@ -98,10 +109,22 @@ class _Sweep:
 
     current: _Sweep | None = None  # Tune's callback finds the ledger's directory here
 
-    def __init__(self, experiment: ExperimentDir, total: int) -> None:
+    def __init__(
+        self,
+        experiment: ExperimentDir,
+        total: int,
+        *,
+        progress: ProgressOptions | None = None,
+        max_running: int | None = None,
+    ) -> None:
         self.experiment = experiment
         self.total = total
+        self.progress = progress or ProgressOptions()  # this run's (a resume may change them)
+        # What admission places trials on (the spec's max_concurrent_trials too): for the ETA.
+        self.capacity: Capacity | None = None
+        self.max_running = max_running
         self.ledger: Ledger | None = None
+        self.monitor: SweepMonitor | None = None
         self.signum: int | None = None
         self.hinted = False
         self._tune_running = False
@@ -169,9 +192,28 @@ class _Sweep:
         raise Interrupted(signum)
 
 
+class _NoTuneConsole(TrialProgressCallback):
+    """Takes the place of Tune's console, and prints nothing: the sweep's console is
+    _TuneEvents'. With its older output engine (``_TUNE_OUTPUT``) and ``verbose=0``, Tune prints
+    no experiment box, results path or status tables, and adds its per-trial printer (this
+    class's base, which prints every failed and every finished trial whatever the verbosity)
+    only when the callbacks hold none. Tune's newer engine has no such switch: its reporter
+    prints each failed trial at any verbosity. Tune's files stay as they are."""
+
+    def on_trial_result(self, *args, **kwargs) -> None:
+        pass
+
+    def on_trial_error(self, *args, **kwargs) -> None:
+        pass
+
+    def on_trial_complete(self, *args, **kwargs) -> None:
+        pass
+
+
 class _TuneEvents(tune.Callback):
     """Tune's events, translated for the experiment directory's ``Ledger``, and printed as
-    one line per trial start, epoch and end."""
+    one line per trial start, epoch and end; progress within trials, read from the sweep's
+    board, goes to the ``SweepMonitor``."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -183,15 +225,48 @@ class _TuneEvents(tune.Callback):
         sweep = _Sweep.current
         assert sweep is not None, "a sweep runs Tune inside _Sweep"
         self.ledger = sweep.ledger = Ledger(sweep.experiment)
+        self.monitor = sweep.monitor = SweepMonitor(
+            sweep.experiment,
+            self.ledger,
+            options=sweep.progress,
+            capacity=sweep.capacity,
+            max_running=sweep.max_running,
+        )
+        self.board = find_board()
+        self._taking = None  # the board's answer to come (an ObjectRef)
+        self._polled = 0.0
 
     def __getstate__(self) -> dict:
         return {"total": self.total}
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info) -> None:
+        if time.monotonic() - self._polled < POLL_S:
+            return
+        self._polled = time.monotonic()
+        self.monitor.received(self._take())
+        self.monitor.tick()
+
+    def _take(self) -> dict:
+        """What the board holds, without ever waiting for it (Tune's loop runs in this thread):
+        each poll collects the answer to the previous one's request, if it came."""
+        if self.board is None:
+            return {}
+        if self._taking is not None and not ray.wait([self._taking], timeout=0)[0]:
+            return {}  # the board is starting, or busy
+        taking, self._taking = self._taking, self.board.take.remote()
+        try:
+            return ray.get(taking) if taking is not None else {}
+        except Exception as err:  # the board died: the sweep goes on without progress
+            log.warning("progress within trials is off from now on: %s", err)
+            self.board = None
+            return {}
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
         if trial.trial_id in self.ledger.finished_before:
             return  # its row stands; the trial function returns at once (see _tune_trial)
         resumed = self.ledger.start(trial.trial_id, trial.config)
         print(f"  {_label(trial)} {'resumed' if resumed else 'started'} ({trial.trial_id})")
+        self.monitor.trial_started(trial.trial_id)
 
     def on_trial_result(self, iteration, trials, trial: Trial, result: dict, **info) -> None:
         row = EpochRow.from_dict(result)  # Tune's own keys (iteration, time, ...) dropped
@@ -205,11 +280,13 @@ class _TuneEvents(tune.Callback):
         self.ledger.finish(trial.trial_id, trial.config, FINISHED)
         history = self.ledger.records[trial.trial_id].history
         self._print_end(trial, FINISHED, _scores(history[-1]) if history else "no epochs")
+        self.monitor.trial_ended(trial.trial_id)
 
     def on_trial_error(self, iteration, trials, trial: Trial, **info) -> None:
         reason = self.ledger.fail(trial.trial_id, trial.config, _error_text(trial))
         error_file = self.ledger.experiment.trial_dir(trial.trial_id) / "error.txt"
         self._print_end(trial, FAILED, f"error: {reason} (traceback: {error_file})")
+        self.monitor.trial_ended(trial.trial_id)
 
     def on_trial_recover(self, iteration, trials, trial: Trial, **info) -> None:
         record = self.ledger.retry(trial.trial_id, trial.config)
@@ -220,6 +297,7 @@ class _TuneEvents(tune.Callback):
         # Only a completion or an error event finishes a row: a trial still running when the
         # sweep stopped (Ctrl-C) is INTERRUPTED, whatever Tune calls it; `resume` continues it.
         self.ledger.end()
+        self.monitor.close()  # progress.json says finished (or interrupted); the live display ends
 
     def _print_end(self, trial: Trial, status: str, outcome: str) -> None:
         wall = self.ledger.records[trial.trial_id].wall_s or 0.0
@@ -248,6 +326,8 @@ def _tune_trial(
     storage_path: str,
     tracking: TrialTracking | None,
     finished: frozenset[str] = frozenset(),
+    board: Any = None,
+    progress_every_s: float = DEFAULT_PROGRESS_EVERY_S,
 ) -> None:
     """The Tune function: runs the trial with Ray Train, whose reports reach Tune per epoch
     (TuneReportCallback); returning None adds no extra result.
@@ -255,7 +335,8 @@ def _tune_trial(
     The run is named after the trial id, so a trial run again (a Tune retry, a resumed sweep)
     finds its own checkpoints, and its W&B run. ``finished``: trials a resumed sweep must not
     run again; Tune saves its own state every few seconds, so after a killed driver it may not
-    know that they had finished.
+    know that they had finished. ``board``: the sweep's ``ProgressBoard``, where rank 0 sends
+    progress every ``progress_every_s`` seconds.
     """
     started_at = time.time()
     context = tune.get_context()
@@ -268,6 +349,7 @@ def _tune_trial(
         name=f"{context.get_experiment_name()}-{trial_id}",
         callbacks=[TuneReportCallback()],
         tracking=tracking.for_trial(trial_id, started_at) if tracking else None,
+        progress=ProgressChannel(board, trial_id, progress_every_s) if board else None,
     )
 
 
@@ -331,13 +413,15 @@ def run_sweep(
     *,
     address: str | None = None,
     cluster_file: Path | None = None,
+    progress: ProgressOptions | None = None,
 ) -> ExperimentDir:
     """Run every trial of ``spec`` on local Ray (default) or the cluster at ``address``.
 
     A trial starts when its gang fits ``cluster_file`` at full scale when given (what the
     autoscaler can add), else the cluster's nodes now, beside the running trials. With a URI
     ``storage_path`` the experiment's home is ``<storage_path>/<directory name>``:
-    ``experiment_dir`` is its local working copy.
+    ``experiment_dir`` is its local working copy. ``progress``: how often trials send their
+    progress, and how the console shows it.
     """
     home = storage_root(spec.storage_path, experiment_dir) if is_uri(spec.storage_path) else None
     experiment = ExperimentDir(experiment_dir, home=home)
@@ -352,12 +436,18 @@ def run_sweep(
         spec,
         experiment,
         address,
-        lambda tracking: _new_tuner(spec, experiment, tracking, cluster_file, address),
+        lambda sweep, tracking: _new_tuner(spec, sweep, tracking, cluster_file, address),
+        progress,
     )
     return experiment
 
 
-def resume_sweep(location: str | Path, *, address: str | None = None) -> ExperimentDir:
+def resume_sweep(
+    location: str | Path,
+    *,
+    address: str | None = None,
+    progress: ProgressOptions | None = None,
+) -> ExperimentDir:
     """Continue an interrupted sweep (Ctrl-C, SIGTERM, killed driver, lost head node): finished
     trials are kept as they are, unfinished ones resume from their latest checkpoints.
 
@@ -383,16 +473,18 @@ def resume_sweep(location: str | Path, *, address: str | None = None) -> Experim
     finished = frozenset(r.trial_id for r in records if r.status == FINISHED)
     if tune.Tuner.can_restore(tune_state):
 
-        def restore(tracking: SweepTracking) -> tune.Tuner:
+        def restore(sweep: _Sweep, tracking: SweepTracking) -> tune.Tuner:
             print(f"resuming sweep {spec.name} in {experiment.location}", file=sys.stderr)
+            # Admission resumes as it was saved; the ETAs count on the cluster's nodes now.
+            sweep.capacity = sweep_capacity(None, on_cluster=address is not None)
             return tune.Tuner.restore(
                 tune_state,
-                trainable=_trainable(experiment.storage, tracking, finished),
+                trainable=_trainable(experiment.storage, tracking, sweep.progress, finished),
                 resume_unfinished=True,
                 resume_errored=False,  # a trial that failed for a reason would fail again
             )
 
-        _drive(spec, experiment, address, restore)
+        _drive(spec, experiment, address, restore, progress)
     elif any(r.status in (FINISHED, FAILED) for r in records):
         raise SpecError(f"{experiment.location}: no Tune state to resume under {tune_state}")
     else:
@@ -407,19 +499,21 @@ def resume_sweep(location: str | Path, *, address: str | None = None) -> Experim
             spec,
             experiment,
             address,
-            lambda tracking: _new_tuner(spec, experiment, tracking, None, address),
+            lambda sweep, tracking: _new_tuner(spec, sweep, tracking, None, address),
+            progress,
         )
     return experiment
 
 
 def _new_tuner(
     spec: SweepSpec,
-    experiment: ExperimentDir,
+    sweep: _Sweep,
     tracking: SweepTracking,
     cluster_file: Path | None,
     address: str | None,
 ) -> tune.Tuner:
-    capacity = sweep_capacity(cluster_file, on_cluster=address is not None)
+    experiment = sweep.experiment
+    capacity = sweep.capacity = sweep_capacity(cluster_file, on_cluster=address is not None)
     check_placeable(spec, capacity)
     where = experiment.location
     if experiment.home:
@@ -436,7 +530,7 @@ def _new_tuner(
         if (s := BENCHMARKED.seconds(row)) is not None
     }
     return tune.Tuner(
-        _trainable(experiment.storage, tracking),
+        _trainable(experiment.storage, tracking, sweep.progress),
         param_space=spec.param_space(),
         tune_config=tune.TuneConfig(
             search_alg=GangAdmission(admission, seconds),
@@ -445,7 +539,7 @@ def _new_tuner(
         run_config=tune.RunConfig(
             name="tune",
             storage_path=experiment.storage,
-            callbacks=[_TuneEvents(len(spec.trials))],
+            callbacks=[_NoTuneConsole(), _TuneEvents(len(spec.trials))],
             failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
             verbose=0,  # _TuneEvents prints one line per epoch and per trial
         ),
@@ -456,22 +550,44 @@ def _drive(
     spec: SweepSpec,
     experiment: ExperimentDir,
     address: str | None,
-    make_tuner: Callable[[SweepTracking], tune.Tuner],
+    make_tuner: Callable[[_Sweep, SweepTracking], tune.Tuner],
+    progress: ProgressOptions | None = None,
 ) -> None:
     """Start Ray, fit the tuner, and finish: whatever stops the sweep (the end, an error, a
     signal), the rows are flushed, the state saved and the resume command printed."""
-    sweep = _Sweep(experiment, len(spec.trials))
+    sweep = _Sweep(
+        experiment, len(spec.trials), progress=progress, max_running=spec.max_concurrent_trials
+    )
     tracking = SweepTracking(experiment.path)  # W&B off, until it starts
     try:
         tracking = SweepTracking.start(spec, experiment.path)  # the summary run, when W&B is on
         _init_ray(address)
         sweep.catch_signals()
-        tuner = make_tuner(tracking)
-        with sweep.tune_running():
+        tuner = make_tuner(sweep, tracking)
+        with sweep.tune_running(), _quiet_tune():
             tuner.fit()
     finally:
         _finish(spec, sweep, tracking)
     sweep.raise_if_stopped()
+
+
+@contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Tune without its console output (see _NoTuneConsole), while the sweep runs."""
+    before = {k: os.environ.get(k) for k in _TUNE_OUTPUT}
+    tune_logger = logging.getLogger(_TUNE_LOGGER)
+    level = tune_logger.level
+    os.environ.update(_TUNE_OUTPUT)
+    tune_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        tune_logger.setLevel(level)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _check_hub_data(spec: SweepSpec) -> None:
@@ -492,8 +608,6 @@ def _from_hub(data: DataConfig) -> bool:
 
 
 def _init_ray(address: str | None) -> None:
-    for key, value in DRIVER_ENV.items():
-        os.environ.setdefault(key, value)
     env = WORKER_ENV | ({} if address else LOCAL_ENV)
     env |= {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     env = {k: v for k, v in env.items() if k not in _job_env_vars()}
@@ -512,12 +626,19 @@ def _init_ray(address: str | None) -> None:
         raise Interrupted(signal.SIGTERM) from None
 
 
-def _trainable(storage: str, tracking: SweepTracking, finished: frozenset[str] = frozenset()):
+def _trainable(
+    storage: str,
+    tracking: SweepTracking,
+    progress: ProgressOptions,
+    finished: frozenset[str] = frozenset(),
+):
     trial_fn = tune.with_parameters(
         _tune_trial,
         storage_path=uri_join(storage, "train"),
         tracking=tracking.trials,
         finished=finished,
+        board=start_board(),  # after ray.init: on this node
+        progress_every_s=progress.every_s,
     )
     return tune.with_resources(trial_fn, DRIVER_RESOURCES)
 
@@ -527,6 +648,8 @@ def _finish(spec: SweepSpec, sweep: _Sweep, tracking: SweepTracking) -> None:
     try:
         if sweep.ledger is not None:
             sweep.ledger.end()  # also when a second signal cut Tune's own ending short
+        if sweep.monitor is not None:
+            sweep.monitor.close()  # likewise; once only
         ray.shutdown()
         tracking.finish()  # results table and scaling charts
         experiment.sync("wandb")  # W&B's offline run files, and any write the home refused

@@ -5,8 +5,9 @@ again when it fails in a way worth another try: from the latest checkpoint after
 failure (``train.max_failures`` times), and with half the micro-batch after running out of
 memory (``train.oom_retries`` times, never charged to ``max_failures``). Preemptions are Ray
 Train's own to retry. Each worker runs ``train_loop_per_worker``: the worker loop with the
-progress watchdog, the W&B tracker and the checkpointer plugged in as its callbacks. A sweep
-calls this from its Tune function; a test or a REPL can call it with a plain dict.
+progress watchdog, the W&B tracker, the progress sender and the checkpointer plugged in as its
+callbacks. A sweep calls this from its Tune function; a test or a REPL can call it with a plain
+dict.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from contract.config import TrialConfig, describe_resources
 from contract.tracking import TrialTracking
 from contract.worker import WorkerInput
 from trainables.distributed import all_gather_objects
+from trainables.progress_board import ProgressChannel
 from trainables.ray_internals import (
     COLLECTIVE_TIMEOUT_S_ENV_VAR,
     WORKER_GROUP_START_TIMEOUT_S_ENV_VAR,
@@ -53,6 +55,9 @@ _OOM_SIGNS = ("out of memory", "outofmemoryerror", "can't allocate memory", "mem
 # A collective op (torch.distributed, Ray Train's own) may wait this much longer than the
 # progress watchdog, so that the watchdog fires first and says why (trainables.watchdog).
 _COLLECTIVE_GRACE_S = 30
+# The train loop config's key, beside the WorkerInput's, of the trial's progress channel: an
+# actor handle, which travels pickled (not as JSON) to every worker.
+_PROGRESS_KEY = "progress_channel"
 
 
 class PlacementTimeoutError(RuntimeError):
@@ -61,13 +66,17 @@ class PlacementTimeoutError(RuntimeError):
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry point on every worker: torch.distributed is set up, reports go to Train.
-    ``config`` is a ``WorkerInput``; returns the last epoch's row (``EpochRow.to_dict()``)."""
+    ``config`` is a ``WorkerInput`` and the progress channel (or None); returns the last
+    epoch's row (``EpochRow.to_dict()``)."""
     # Heavy imports (transformers) happen in the worker only.
     from trainables.checkpoints import RayCheckpointer, latest_state
     from trainables.loop import fit
+    from trainables.progress import ProgressSender
     from trainables.tracking import TrialTracker
     from trainables.watchdog import ProgressWatchdog
 
+    config = dict(config)
+    channel = config.pop(_PROGRESS_KEY, None)
     worker = WorkerInput.model_validate(config)
     trial, resume_from = worker.trial, latest_state()
     checkpointer = RayCheckpointer(
@@ -81,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         try:
             fit(
                 trial,
-                callbacks=[watchdog, tracker, checkpointer],
+                callbacks=[watchdog, tracker, ProgressSender(channel, trial), checkpointer],
                 device=ray.train.torch.get_device(),
                 resume_from=resume_from,
             )
@@ -105,6 +114,7 @@ def run_trial(
     name: str | None = None,
     callbacks: Sequence[Any] = (),
     tracking: TrialTracking | None = None,
+    progress: ProgressChannel | None = None,
 ) -> dict[str, Any]:
     """Fine-tune one trial config (a plain dict) with ``num_workers`` DDP workers; the last
     epoch's row (``EpochRow.to_dict()``).
@@ -112,7 +122,7 @@ def run_trial(
     ``name`` must be the same on every run of the trial (a sweep derives it from the trial id),
     so that a restarted trial finds its own checkpoints under ``storage_path``; ``callbacks``
     are Ray Train callbacks (a sweep passes Tune's report callback); with ``tracking`` rank 0
-    logs the trial to W&B.
+    logs the trial to W&B; with ``progress`` rank 0 sends progress within each epoch there.
     """
     trial = TrialConfig.model_validate(config)
     run_config = RunConfig(
@@ -131,7 +141,8 @@ def run_trial(
     while True:
         worker = WorkerInput(trial=trial, oom_retries=oom_retries, tracking=tracking)
         try:
-            return _fit(trial, worker.model_dump(mode="json"), run_config)
+            loop_config = worker.model_dump(mode="json") | {_PROGRESS_KEY: progress}
+            return _fit(trial, loop_config, run_config)
         except WorkerGroupError as err:
             smaller = trial.compute.with_half_micro_batch()
             if _out_of_memory(err):

@@ -7,6 +7,7 @@ Side concerns (checkpoints, the progress watchdog, W&B) plug in through ``LoopCa
 
     recipe = FineTuneRecipe(trial)
     recipe.setup(resume_from=None)          # data, model, optimizer; or a checkpoint's state
+    callbacks.on_start(recipe)
     for epoch in remaining epochs:
         recipe.train_epoch(epoch, callbacks)  # + an evaluation every train.eval_every_steps
         scores = recipe.evaluate(callbacks)
@@ -116,6 +117,9 @@ class LoopCallbacks:
     """What the loop tells its plug-ins; every method is called on every rank (so a callback
     may take part in collectives) and does nothing unless overridden."""
 
+    def on_start(self, recipe: FineTuneRecipe) -> None:
+        """Once, after ``recipe.setup`` (a checkpoint's progress restored), before training."""
+
     def on_step(self, progress: Progress, meter: EpochMeter, lr: float) -> None:
         """After every optimizer step; ``progress`` holds the epochs before this one."""
 
@@ -135,6 +139,10 @@ class _Callbacks(LoopCallbacks):
 
     def __init__(self, callbacks: Sequence[LoopCallbacks]) -> None:
         self.callbacks = callbacks
+
+    def on_start(self, recipe: FineTuneRecipe) -> None:
+        for callback in self.callbacks:
+            callback.on_start(recipe)
 
     def on_step(self, progress: Progress, meter: EpochMeter, lr: float) -> None:
         for callback in self.callbacks:
@@ -168,6 +176,7 @@ def fit(
     recipe = FineTuneRecipe(trial, device=device, cache_dir=cache_dir)
     recipe.setup(resume_from)
     hooks = _Callbacks(callbacks)
+    hooks.on_start(recipe)
     row = None
     for epoch in range(recipe.progress.epoch + 1, trial.train.epochs + 1):
         recipe.train_epoch(epoch, hooks)
@@ -220,9 +229,9 @@ class FineTuneRecipe:
             )
         self.model = model
         self.accumulation = trial.compute.accumulation_steps()
-        steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulation)
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / self.accumulation)
         self.optimizer, self.scheduler = build_optimizer(
-            model, trial, steps_per_epoch * trial.train.epochs, device
+            model, trial, self.steps_per_epoch * trial.train.epochs, device
         )
         self.scaler = torch.amp.GradScaler(enabled=trial.train.precision is Precision.fp16)
         self.problem_type = task.problem_type
