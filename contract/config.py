@@ -104,6 +104,7 @@ class ModelConfig(_Frozen):
     ``tokenizer``: ``auto`` uses the model's own tokenizer (for a ``from_scratch`` model that
     cannot load one, a WordPiece tokenizer is trained on the task's training text);
     ``wordpiece`` always trains one; anything else is a hub id or directory to load.
+    ``num_layers``: a pretrained checkpoint's first k layers, or a from-scratch model's depth.
     """
 
     name: str = "bert-tiny"
@@ -123,10 +124,13 @@ class ModelConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
-        if self.ladder and self.num_layers and self.num_layers > self.ladder.num_layers:
+        # A pretrained checkpoint can only be cut down; a model built from scratch takes the
+        # rung's width and heads, at any depth.
+        too_deep = self.ladder and self.num_layers and self.num_layers > self.ladder.num_layers
+        if too_deep and not self.from_scratch:
             raise ValueError(
                 f"num_layers={self.num_layers} exceeds the {self.ladder.num_layers} layers "
-                f"of {self.name}"
+                f"of {self.name} (deeper works with from_scratch: true)"
             )
         return self
 

@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 MIN_DISTINCT = 3  # fewer distinct x values than this and a 3-parameter law is not identified
+# Amdahl's law has one shape parameter (s) besides each seed's T1: two worker counts identify it.
+MIN_DISTINCT_WORKERS = 2
 N_BOOT = 200
 _BOOT_NFEV = 50
 _EXPONENT_MAX = 4.0
@@ -265,13 +267,15 @@ def fit_amdahl(
     communication costs that grow with ``w``: read it as "the fraction that did not
     parallelise", not a property of the code.
     """
-    (w,), t, keep, _ = _clean((workers,), times, name="worker", what="time")
+    (w,), t, keep, _ = _clean(
+        (workers,), times, name="worker", what="time", minimum=MIN_DISTINCT_WORKERS
+    )
     seed_ids = np.zeros(w.size, int) if seeds is None else np.asarray(seeds)[keep]
     _, seed_ids = np.unique(seed_ids, return_inverse=True)
     # A seed with one trial fits its own T1 exactly and says nothing about s.
     informative = np.bincount(seed_ids)[seed_ids] >= 2
     w, t, index = w[informative], t[informative], np.flatnonzero(keep)[informative]
-    _require_distinct(w, "worker")
+    _require_distinct(w, "worker", MIN_DISTINCT_WORKERS)
     _, seed_ids = np.unique(seed_ids[informative], return_inverse=True)
     n_seeds = int(seed_ids.max()) + 1
     log_t = np.log(t)
@@ -357,7 +361,12 @@ def leave_largest_out(
 
 
 def _clean(
-    xs: Sequence[ArrayLike], y: ArrayLike, *, name: str, what: str = "error"
+    xs: Sequence[ArrayLike],
+    y: ArrayLike,
+    *,
+    name: str,
+    what: str = "error",
+    minimum: int = MIN_DISTINCT,
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, int]:
     """Keep finite, positive points; refuse when what is left cannot identify the law.
 
@@ -369,19 +378,19 @@ def _clean(
     finite = np.isfinite(y) & np.all([np.isfinite(x) & (x > 0) for x in arrays], axis=0)
     keep = finite & (y > 0)
     arrays, kept = [x[keep] for x in arrays], y[keep]
-    _require_distinct(arrays[0], name)
+    _require_distinct(arrays[0], name, minimum)
     if np.ptp(kept) == 0:
         raise AnalysisError(f"the {what} is {kept[0]:.4g} at every point; there is no trend to fit")
     return arrays, kept, keep, int((finite & ~keep).sum())
 
 
-def _require_distinct(x: np.ndarray, name: str) -> None:
+def _require_distinct(x: np.ndarray, name: str, minimum: int = MIN_DISTINCT) -> None:
     distinct = np.unique(x)
-    if len(distinct) < MIN_DISTINCT:
+    if len(distinct) < minimum:
         shown = ", ".join(f"{v:.4g}" for v in distinct) or "none"
         raise AnalysisError(
             f"too few points to fit: {len(distinct)} distinct {name} value(s) ({shown}); "
-            f"a fit needs at least {MIN_DISTINCT}"
+            f"a fit needs at least {minimum}"
         )
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.spec import load_spec
+from orchestrator.wandb.offline import find_run_files, read_run
 from trainables.loop import fit
 
 pytestmark = pytest.mark.integration
@@ -64,17 +65,21 @@ def _table(experiment: Path) -> pd.DataFrame:
     return pd.read_csv(experiment / "results.csv", keep_default_na=False, na_values=[""])
 
 
-def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
+def test_killed_worker_restarts_from_its_checkpoint(tmp_path, monkeypatch):
+    """A worker killed mid-trial: the trial restarts from its checkpoint and ends as if run
+    straight through, and its W&B run carries on under the same id (one kill checks both)."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     space = tmp_path / "space.yaml"
-    space.write_text(textwrap.dedent(BASE))
+    space.write_text(textwrap.dedent(BASE) + "wandb: {log_every_steps: 20}\n")
     experiment = tmp_path / "experiment"
     log = tmp_path / "log.txt"
-    cli = _start(["run", str(space), "-o", str(experiment)], log)
+    cli = _start(["run", str(space), "-o", str(experiment), "--wandb", "offline"], log)
     try:
         histories = _wait_for(
             lambda: [h for _, h in _history(experiment) if h], 300, "the first epoch"
         )
-        os.kill(histories[0][0]["worker_pid"], signal.SIGKILL)  # mid-way through epoch 2
+        time.sleep(2.5)  # wandb writes its run file every 2 s: epoch 1 is on disk by now
+        os.kill(histories[0][0]["worker_pid"], signal.SIGKILL)  # mid-way through the trial
         assert cli.wait(timeout=600) == 0, log.read_text()
     finally:
         cli.kill()
@@ -89,6 +94,20 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path):
     reference = fit(load_spec(space).trials[0])
     for key in ("eval_loss", "eval_accuracy", "train_loss"):
         assert row[key] == pytest.approx(getattr(reference, key), abs=1e-4)
+
+    files = [f for f in find_run_files(experiment / "wandb") if not f.run_id.endswith("summary")]
+    assert len(files) == 2 and len({f.run_id for f in files}) == 1  # one run, resumed once
+    first, second = (read_run(f.path) for f in files)
+    assert first.job_type == second.job_type == "trial" and first.exit_code is None  # killed
+    assert 1 in [h["epoch"] for h in first.history if "eval/accuracy" in h]
+    resumed = [h["epoch"] for h in second.history if "eval/accuracy" in h]
+    assert resumed == list(range(resumed[0], 4)) and resumed[0] >= 2
+    steps_per_epoch = 1500 // 16 + 1  # 94
+    steps = [h["optimizer_step"] for h in second.history if "train/loss" in h]
+    assert steps[0] > (resumed[0] - 1) * steps_per_epoch  # counting on from the checkpoint
+    assert second.summary["restarts"] == 1 and second.summary["epochs_completed"] == 3
+    assert second.summary["status"] == "finished" and second.exit_code == 0
+    assert second.history[-1]["eval/accuracy"] == pytest.approx(row["eval_accuracy"])
 
 
 def test_a_tune_retry_resumes_the_trial_from_its_checkpoint(tmp_path):

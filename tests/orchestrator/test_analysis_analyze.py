@@ -522,8 +522,9 @@ def test_too_few_points_everywhere_still_writes_a_report(make_experiment) -> Non
     assert allocation["refusal"].startswith("joint fit: too few points to fit")
     refusals = [c["refusal"] for axis in ("model_axis", "data_axis") for c in fits[axis]["curves"]]
     refusals += [j["refusal"] for j in fits["joint"]]
-    refusals += [c["refusal"] for c in fits["amdahl"]["train_time_s"]]
     assert refusals and all("too few points to fit" in r for r in refusals)
+    # Amdahl's one shape parameter needs only two worker counts.
+    assert all(c["fit"] for c in fits["amdahl"]["train_time_s"])
     assert result.paths["report.html"].is_file()
     assert "refused" in result.paths["report.md"].read_text()
 

@@ -101,6 +101,16 @@ def test_amdahl_recovers_serial_fraction(reference_workers: int) -> None:
     assert fit.r2 > 0.99
 
 
+def test_amdahl_from_two_worker_counts_pins_the_serial_fraction() -> None:
+    # One shape parameter: 1 and 2 workers identify it (each seed's T1 is the other constant).
+    w, times, seed = amdahl_times([1, 2], SEEDS, np.random.default_rng(3), serial=0.3)
+    fit = fit_amdahl(w, times, seeds=seed)
+    assert fit.params["s"] == pytest.approx(0.3, abs=0.03)
+    assert fit.ci95["s"][0] < 0.3 < fit.ci95["s"][1]
+    one_seed = fit_amdahl([1, 2], [10.0, 6.5])  # exact: 6.5 / 10 = s + (1 - s) / 2
+    assert one_seed.params["s"] == pytest.approx(0.3, abs=1e-6)
+
+
 def test_amdahl_is_not_fooled_by_a_seed_that_is_slower_at_every_worker_count() -> None:
     w, times, seed = amdahl_times([1, 2, 4, 8], SEEDS, np.random.default_rng(2))
     slow = times * np.where(seed == 0, 1.3, 1.0)  # seed 0's subset has longer sequences
@@ -216,8 +226,8 @@ def test_too_few_distinct_points_is_refused_with_a_clear_message() -> None:
         fit_power_law([1e6, 1e6, 4e6, 4e6], [0.3, 0.31, 0.2, 0.21])
     with pytest.raises(AnalysisError, match=r"2 distinct D value"):
         fit_joint_power_law([1e6, 2e6, 4e6] * 2, [1e3] * 3 + [1e4] * 3, [0.5, 0.4, 0.3] * 2)
-    with pytest.raises(AnalysisError, match=r"2 distinct worker value"):
-        fit_amdahl([1, 2, 2], [10.0, 5.5, 5.4])
+    with pytest.raises(AnalysisError, match=r"1 distinct worker value.*at least 2"):
+        fit_amdahl([2, 2, 2], [5.5, 5.4, 5.6])
 
 
 def test_joint_fit_needs_more_cells_than_constants() -> None:

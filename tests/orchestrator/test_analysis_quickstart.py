@@ -1,4 +1,6 @@
-"""`analyze` on a real quickstart experiment directory (checked in under tests/fixtures/)."""
+"""`analyze` on real quickstart experiment directories (checked in under tests/fixtures/): the
+first quickstart's 8 trials (2 sizes x 2 fractions), and today's 18 (3 depths x 3 fractions x
+1 and 2 workers), which fits a law along every axis."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import pytest
 
 from orchestrator.analysis import analyze
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "quickstart_experiment"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURE = FIXTURES / "quickstart_experiment"
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +49,19 @@ def test_summary_matches_the_results_table(analysed):
     # curve says so instead of fitting.
     for curve in summary["fits"]["model_axis"]["curves"] + summary["fits"]["data_axis"]["curves"]:
         assert curve["fit"] is None and "3" in curve["refusal"]
+
+
+def test_the_quickstart_grid_fits_a_law_along_every_axis(tmp_path):
+    directory = tmp_path / "quickstart"
+    shutil.copytree(FIXTURES / "quickstart_grid_experiment", directory)
+    summary = analyze(directory).summary
+    assert summary["trials"]["finished"] == 18
+    assert summary["did_not_learn"] == []  # every trial clearly above chance (0.5)
+    fits = summary["fits"]
+    curves = fits["model_axis"]["curves"] + fits["data_axis"]["curves"]
+    assert len(curves) == 6 and all(c["fit"] and c["refusal"] is None for c in curves)
+    (joint,) = fits["joint"]
+    assert joint["fit"]["ci95"]  # 9 cells for 5 constants: intervals
+    for amdahl in fits["amdahl"]["train_time_s"]:  # 1 and 2 workers pin the serial fraction
+        assert 0 < amdahl["fit"]["params"]["s"] < 1
+    assert summary["recommendation"]["model"]["choice"] == "bert-tiny-L3"

@@ -36,7 +36,12 @@ def test_search_space_header_says_question_command_and_budget(path):
 
 def test_quickstart_is_offline_and_fits_a_two_core_machine():
     spec = load_spec(Path(__file__).resolve().parents[2] / "search_spaces/quickstart.yaml")
-    assert len(spec.trials) == 8
+    assert len(spec.trials) == 18
+    # Enough points along each axis for analyze to fit its law: 3 for a power law's three
+    # constants, 2 worker counts for Amdahl's serial fraction.
+    assert len(spec.axes["model.num_layers"]) >= 3
+    assert len(spec.axes["data.train_fraction"]) >= 3
+    assert len(spec.axes["compute.num_workers"]) >= 2
     for trial in spec.trials:
         assert trial.data.source == "synthetic"
         assert trial.model.from_scratch and trial.model.tokenizer == "wordpiece"

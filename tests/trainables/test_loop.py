@@ -204,7 +204,9 @@ def test_resumed_run_keeps_earlier_evaluation_points_and_converges_the_same(tmp_
 @pytest.mark.skipif(not GLUE_DIR.is_dir(), reason=f"GLUE files not at {GLUE_DIR}")
 def test_pretrained_minilm_on_mrpc_beats_the_majority_class(tmp_path):
     """A short fine-tune of real pretrained weights on a subset of real MRPC learns something:
-    dev accuracy above 0.684, the share of the majority class (279 of 408)."""
+    dev accuracy above 0.684, the share of the majority class (279 of 408). (Its first 3 layers
+    alone predict the majority class after 2 epochs.) Inference timing is not what this tests:
+    off, it saves a quarter of the test's time."""
     trial = TrialConfig.model_validate(
         {
             "model": {"name": str(MINILM)},
@@ -217,6 +219,7 @@ def test_pretrained_minilm_on_mrpc_beats_the_majority_class(tmp_path):
             },
             "compute": {"global_batch_size": 16, "cpus_per_worker": 2},
             "train": {"epochs": 2, "lr": 1e-4, "seed": 0},
+            "inference": {"enabled": False},
         }
     )
     final = fit(trial, cache_dir=tmp_path)

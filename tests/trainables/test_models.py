@@ -45,6 +45,24 @@ def test_from_scratch_ladder_counts_match_the_plan(name):
     assert count_parameters(model) == expected
 
 
+@pytest.mark.parametrize("layers", [1, 3])
+def test_from_scratch_ladder_model_takes_any_depth_at_the_rungs_width(layers):
+    cfg = ModelConfig(name="bert-tiny", from_scratch=True, num_layers=layers)
+    model = build_model(
+        cfg, num_labels=2, problem_type="classification", vocab_size=1000, pad_token_id=0
+    )
+    assert model.config.num_hidden_layers == layers
+    assert model.config.hidden_size == cfg.ladder.hidden_size
+    assert count_parameters(model) == bert_parameter_counts(
+        layers=layers, hidden=cfg.ladder.hidden_size, vocab=1000, num_labels=2
+    )
+
+
+def test_pretrained_ladder_model_cannot_be_deepened():
+    with pytest.raises(ValueError, match=r"exceeds the 2 layers of bert-tiny \(deeper works with"):
+        ModelConfig(name="bert-tiny", num_layers=3)
+
+
 def test_pretrained_minilm_truncated_to_k_layers_keeps_its_weights():
     full = build_model(
         ModelConfig(name=str(MINILM)),
