@@ -34,12 +34,15 @@ train: {epochs: 3, lr: 1e-3, max_failures: 1}
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
-    # A new session: a signal for the CLI reaches it alone, not pytest.
+    # A new session: a signal for the CLI reaches it alone, not pytest. SIGINT as a terminal's
+    # Ctrl-C finds it, even when pytest runs as a background job (a shell ignores SIGINT there,
+    # and children inherit that).
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", *args],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -208,8 +211,11 @@ def test_a_stuck_worker_fails_the_trial_saying_so(tmp_path):
     assert 1 <= row["epochs_completed"] < 3
 
 
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, how):
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    """SIGKILL of the sweep's driver after a trial finished, mid-way through the next, with a
+    torn history line: resume runs only what did not finish. (A graceful stop, Ctrl-C or
+    SIGTERM, then resume: test_durable.py with SIGTERM, one handler for both; exit 130 and the
+    INTERRUPTED rows: test_ctrl_c_twice below.)"""
     space = tmp_path / "space.yaml"
     space.write_text(
         textwrap.dedent(BASE)
@@ -228,27 +234,23 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, h
             "a finished trial",
         )
         time.sleep(3)  # let Tune save its experiment state, as it does every few seconds
-        cli.send_signal(how)
-        code = cli.wait(timeout=120)
+        cli.send_signal(signal.SIGKILL)
+        cli.wait(timeout=120)
     finally:
         cli.kill()
     before = _table(experiment)
-    if how == signal.SIGINT:
-        assert code == 130, log.read_text()  # not 0: a script must not take it for the end
-        assert f"scalesweep resume {experiment}" in log.read_text()
-        assert set(before["status"]) <= {"TERMINATED", "INTERRUPTED"}
     finished = before[before["status"] == "TERMINATED"].set_index("trial_id")
     assert 1 <= len(finished) < 3
     finished_histories = {
         t: (experiment / "trials" / t / "history.jsonl").read_text() for t in finished.index
     }
-    if how == signal.SIGKILL:  # killed mid-write: a torn last line, which resume must survive
-        unfinished = before[before["status"] != "TERMINATED"]["trial_id"]
-        torn = [experiment / "trials" / t / "history.jsonl" for t in unfinished]
-        torn = [path for path in torn if path.is_file()]
-        assert torn
-        with torn[0].open("a") as f:
-            f.write('{"epoch": 1, "train_lo')
+    # Killed mid-write: a torn last line, which resume must survive.
+    unfinished = before[before["status"] != "TERMINATED"]["trial_id"]
+    torn = [experiment / "trials" / t / "history.jsonl" for t in unfinished]
+    torn = [path for path in torn if path.is_file()]
+    assert torn
+    with torn[0].open("a") as f:
+        f.write('{"epoch": 1, "train_lo')
 
     resume = subprocess.run(
         [sys.executable, "-m", "orchestrator.cli", "resume", str(experiment)],
