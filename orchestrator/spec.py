@@ -27,7 +27,14 @@ from contract.tracking import WandbMode
 from orchestrator.errors import UserError
 from orchestrator.wandb.settings import WandbConfig, wandb_environment
 
-__all__ = ["AXIS_FIELDS", "SpecError", "SweepSpec", "load_spec", "parse_override"]
+__all__ = [
+    "AXIS_FIELDS",
+    "SpecError",
+    "SweepSpec",
+    "load_spec",
+    "parse_override",
+    "read_spec_mapping",
+]
 
 SECTIONS = ("model", "data", "compute", "train", "inference")
 TOP_LEVEL_KEYS = (
@@ -139,7 +146,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_spec_mapping(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a search-space (or an experiment's spec.yaml) file, unvalidated;
+    SpecError with a one-line reason when it is not a readable YAML mapping."""
     if path.is_dir():
         raise SpecError(f"{path}: is a directory; give a search-space YAML file")
     if not path.is_file():
@@ -366,7 +375,7 @@ def _check_tokenizer_files(directory: Path, where: str, path: Path) -> None:
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Read, override and validate a search-space file; raise SpecError with a one-line reason."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = read_spec_mapping(path)
     wandb_requested = _merge_wandb_environment(raw, path)
     for text in overrides:
         key, value = parse_override(text)

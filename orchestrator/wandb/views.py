@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import yaml
 from pydantic import ValidationError
 
 from orchestrator.errors import UserError
 from orchestrator.experiment import ExperimentDir
+from orchestrator.spec import SpecError, read_spec_mapping
 from contract.tracking import TrialTracking, WandbMode, open_run, run_id, warn
 from orchestrator.wandb.settings import WandbConfig, has_credentials, wandb_environment
 from orchestrator.wandb.offline import RunFile, RunLog, find_run_files, read_run
@@ -241,7 +241,10 @@ def _analysis_config(experiment: Path, mode: str | None) -> WandbConfig:
     """The sweep's ``wandb`` settings from its spec.yaml; the mode from ``mode``, else
     WANDB_MODE, else the spec (a sweep without a ``wandb`` section: disabled)."""
     spec_file = experiment / "spec.yaml"
-    raw = yaml.safe_load(spec_file.read_text()) if spec_file.is_file() else {}
+    try:
+        raw = read_spec_mapping(spec_file) if spec_file.is_file() else {}
+    except SpecError as err:  # a damaged directory: the analysis stands, its upload cannot
+        raise UserError(f"{err}; the analysis is written, its W&B upload skipped") from None
     section = dict(raw.get("wandb") or {"mode": WandbMode.disabled.value})
     try:
         env_mode = wandb_environment(os.environ).get("mode")

@@ -89,3 +89,22 @@ def test_torn_and_junk_history_lines_are_skipped_and_said(experiment, capsys):
 )
 def test_analysis_options_out_of_range_are_one_line(experiment, capsys, option, message):
     assert message in _one_line_error(capsys, "analyze", experiment, *option)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "expected a mapping of settings"),
+        (b"\x80", "not a UTF-8 text file"),
+        (b"%\n", "malformed YAML"),
+    ],
+    ids=["empty", "binary", "not-yaml"],
+)
+def test_analyze_with_a_damaged_spec_writes_the_analysis_then_says_so(
+    experiment, capsys, content, message
+):
+    # Found by a random fuzz run: the W&B step read spec.yaml with no checks (a traceback).
+    (experiment / "spec.yaml").write_bytes(content)
+    err = _one_line_error(capsys, "analyze", experiment)
+    assert message in err and "the analysis is written, its W&B upload skipped" in err
+    assert (experiment / "analysis" / "report.html").is_file()
