@@ -94,17 +94,26 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tmp_path):
     assert (other.train_loss, other.eval_loss) != (first.train_loss, first.eval_loss)
 
 
-def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tmp_path):
-    trial = TrialConfig.model_validate({**TINY, "train": {**TINY["train"], "epochs": 3}})
+def _straight_and_resumed(
+    trial: TrialConfig, cache_dir: Path
+) -> tuple[tuple[EpochRow, Recorder], tuple[EpochRow, Recorder]]:
+    """The trial run straight through, and again resumed from its first epoch's checkpoint:
+    each run's last row and what its callbacks saw."""
     first = Recorder()
-    uninterrupted = fit(trial, callbacks=[first], cache_dir=tmp_path)
+    uninterrupted = fit(trial, callbacks=[first], cache_dir=cache_dir)
     second = Recorder()
     resumed = fit(
         trial,
         callbacks=[second],
-        cache_dir=tmp_path,
+        cache_dir=cache_dir,
         resume_from=torch.load(io.BytesIO(first.states[0]), weights_only=True),
     )
+    return (uninterrupted, first), (resumed, second)
+
+
+def test_resuming_from_an_epoch_checkpoint_matches_an_uninterrupted_run(tmp_path):
+    trial = TrialConfig.model_validate({**TINY, "train": {**TINY["train"], "epochs": 3}})
+    (uninterrupted, _), (resumed, second) = _straight_and_resumed(trial, tmp_path)
     assert [r.epoch for r in second.rows] == [2, 3]  # no epoch twice, none missing
     assert resumed.restarts == 1 and uninterrupted.restarts == 0
     assert resumed.examples_seen == uninterrupted.examples_seen
@@ -185,15 +194,7 @@ def test_inference_can_be_turned_off(tmp_path):
 
 def test_resumed_run_keeps_earlier_evaluation_points_and_converges_the_same(tmp_path):
     trial = with_train(epochs=3, eval_every_steps=4, target=0.5)
-    first = Recorder()
-    uninterrupted = fit(trial, callbacks=[first], cache_dir=tmp_path)
-    second = Recorder()
-    resumed = fit(
-        trial,
-        callbacks=[second],
-        cache_dir=tmp_path,
-        resume_from=torch.load(io.BytesIO(first.states[0]), weights_only=True),
-    )
+    (uninterrupted, first), (resumed, second) = _straight_and_resumed(trial, tmp_path)
     for key in (*SAME_TRAINING, "steps_to_converge", "examples_to_converge", "steps_to_target"):
         assert getattr(resumed, key) == pytest.approx(getattr(uninterrupted, key), abs=1e-6), key
     assert resumed.target_reached == uninterrupted.target_reached
