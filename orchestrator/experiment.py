@@ -1,7 +1,7 @@
 """The experiment directory: the sweep's source of truth on disk (no Ray needed to read it).
 
 <dir>/spec.yaml                     the resolved search space, overrides applied
-<dir>/experiment.json               name, primary metric, axes, seeds, trial count
+<dir>/experiment.json               name, primary metric, axes, seeds, trial count, planned cells
 <dir>/results.csv                   one row per trial (rewritten as trials start and end)
 <dir>/progress.json                 the sweep's state, elapsed time and ETA (orchestrator.progress)
 <dir>/trials/<trial_id>/config.json the trial's full config
@@ -272,12 +272,19 @@ class ExperimentDir:
         if self.home:
             self._local.write(HOME_FILE, self.home.encode())
         self.write_file("spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        meta_axes = spec.axis_names()
         meta = {
             "name": spec.name,
             "primary_metric": spec.trials[0].primary_metric(),
             "axes": spec.axis_names(),
-            "seeds": spec.seeds,
+            "seeds": spec.all_seeds(),
             "num_trials": len(spec.trials),
+            # Each trial's axis values: which cells the analysis should expect, and with how
+            # many seeds (a union of grids plans no product).
+            "planned": [
+                {axis: _get(point, axis) for axis in dict.fromkeys([*CORE_AXES, *meta_axes])}
+                for point in spec.points()
+            ],
         }
         self.write_file("experiment.json", json.dumps(meta, indent=2))
 

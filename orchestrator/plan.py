@@ -163,10 +163,16 @@ def render_plan(spec: SweepSpec, rows: list[PlanRow]) -> str:
     gang = describe_resources(largest.trial.compute.trial_resources())
     example_epochs = sum(r.train_examples * r.trial.train.epochs for r in rows)
     scaling = {r.trial.compute.batch_scaling.value for r in rows}
-    cells = " x ".join(str(len(v)) for v in spec.axes.values()) or "1"
+    shape = " + ".join(
+        f"{' x '.join(str(len(v)) for v in grid.axes.values()) or '1'} cells x "
+        f"{len(grid.seeds or spec.seeds)} seeds"
+        for grid in spec.grids
+    )
+    if (shared := sum(grid.size(spec.seeds) for grid in spec.grids) - len(spec.trials)) > 0:
+        shape += f", {shared} in more than one grid, run once"
     lines += [
         "",
-        f"sweep {spec.name}: {len(rows)} trials ({cells} cells x {len(spec.seeds)} seeds), "
+        f"sweep {spec.name}: {len(rows)} trials ({shape}), "
         f"batch scaling: {', '.join(sorted(scaling))}",
         f"largest gang: {gang} ({largest.trial.label()})",
         f"training examples processed in total: {example_epochs:,} (examples x epochs)",

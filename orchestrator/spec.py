@@ -4,6 +4,11 @@ A file has fixed settings (``model``, ``data``, ``compute``, ``train``, ``infere
 whose keys are TrialConfig fields), ``axes`` (dotted field name -> list of values) and
 ``seeds``. The grid is the product of every axis and the seeds; every cell is validated before
 anything runs.
+
+``axes`` may also be a list of such grids, each with its own ``seeds`` if it likes: the sweep
+is their union, and a cell that two grids share runs once. A scaling study rarely needs every
+axis crossed with every other: the worker-count axis, say, on one model × data cell, beside a
+model × data grid on one worker.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ TOP_LEVEL_KEYS = (
     "storage_path",
     "max_concurrent_trials",
     "trial_retries",  # Tune runs a failed trial again (from its checkpoint) this many times
-    "max_trials",  # the largest grid this spec may expand to (axes x seeds)
+    "max_trials",  # the most trials this spec may expand to (axes x seeds, summed over grids)
     "wandb",  # sweep-level W&B settings (orchestrator.wandb.settings), never a trial axis
 )
 # Where experiment directories go locally (with a cloud storage_path: the local copy).
@@ -82,6 +87,23 @@ def _did_you_mean(word: object, valid: list[str] | tuple[str, ...]) -> str:
 
 
 @dataclass(frozen=True)
+class Grid:
+    """One grid of the sweep: axes whose product, times the seeds, gives its trials."""
+
+    axes: dict[str, list[Any]]
+    seeds: list[int] | None = None  # None: the sweep's seeds
+
+    def size(self, sweep_seeds: list[int]) -> int:
+        return math.prod(len(v) for v in self.axes.values()) * len(self.seeds or sweep_seeds)
+
+
+def _grids_to_raw(grids: list[Grid]) -> dict[str, Any] | list[dict[str, Any]]:
+    """``axes`` as a file writes it: one mapping for one grid, else a list."""
+    raw = [{**g.axes, **({"seeds": g.seeds} if g.seeds is not None else {})} for g in grids]
+    return raw[0] if len(raw) == 1 and grids[0].seeds is None else raw
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     """A validated search space: the fixed trial settings, the axes and every expanded cell."""
 
@@ -89,8 +111,8 @@ class SweepSpec:
     name: str
     description: str
     base: dict[str, Any]
-    axes: dict[str, list[Any]]
-    seeds: list[int]
+    grids: list[Grid]
+    seeds: list[int]  # the seeds of every grid that names none of its own
     storage_path: str
     max_concurrent_trials: int | None
     trial_retries: int
@@ -98,22 +120,37 @@ class SweepSpec:
     trials: list[TrialConfig]
     wandb: WandbConfig
 
+    @property
+    def axes(self) -> dict[str, list[Any]]:
+        """Every axis of any grid, with the values any grid gives it (in first-seen order)."""
+        union: dict[str, list[Any]] = {}
+        for grid in self.grids:
+            for axis, values in grid.axes.items():
+                seen = union.setdefault(axis, [])
+                seen += [v for v in values if v not in seen]
+        return union
+
+    def all_seeds(self) -> list[int]:
+        return list(dict.fromkeys(s for g in self.grids for s in (g.seeds or self.seeds)))
+
     def axis_names(self) -> list[str]:
         """The dotted names that vary across trials, seeds last."""
         return [*self.axes, "train.seed"]
 
     def param_space(self) -> dict[str, Any]:
-        """The fully resolved trial dict with each axis as ``{"grid_search": values}``.
-
-        Tune expands nested grid searches into the same cells as ``trials``; defaults are
-        resolved here (e.g. $GLUE_DIR), so every trial receives exactly what was validated.
-        Built from plain dicts so this module needs no Ray.
-        """
+        """The fully resolved trial dict with each axis as ``{"grid_search": values}``: the
+        space Tune validates ``points()`` against. Defaults are resolved here (e.g.
+        $GLUE_DIR), so every trial receives exactly what was validated. Built from plain dicts
+        so this module needs no Ray."""
         space = self.trials[0].model_dump(mode="json")
-        for axis, values in {**self.axes, "train.seed": self.seeds}.items():
+        for axis, values in {**self.axes, "train.seed": self.all_seeds()}.items():
             section, key = axis.split(".", 1)
             space[section][key] = {"grid_search": list(values)}
         return space
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every trial's dict, in order: what Tune runs (a union of grids is no product)."""
+        return [trial.model_dump(mode="json") for trial in self.trials]
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as it ran (overrides applied), for the experiment directory."""
@@ -121,7 +158,7 @@ class SweepSpec:
             "name": self.name,
             "description": self.description,
             **self.base,
-            "axes": self.axes,
+            "axes": _grids_to_raw(self.grids),
             "seeds": self.seeds,
             "storage_path": self.storage_path,
             "max_concurrent_trials": self.max_concurrent_trials,
@@ -185,11 +222,28 @@ def _normalise_numbers(value: Any) -> Any:
     return value
 
 
+def _raw_grids(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """The grid mappings of a file's ``axes`` (one, or a list), unvalidated; made if absent."""
+    axes = raw.get("axes")
+    if not axes:
+        axes = raw["axes"] = {}
+    grids = axes if isinstance(axes, list) else [axes]
+    return [g for g in grids if isinstance(g, dict)]
+
+
 def _apply_override(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     if key.startswith("axes."):
+        # An axis given on the command line is that axis in every grid.
         axis = key.removeprefix("axes.")
-        raw.setdefault("axes", {})[axis] = value
+        for grid in _raw_grids(raw):
+            grid[axis] = value
         return
+    if key == "train.seed":
+        key, value = "seeds", value if isinstance(value, list) else [value]
+    if key == "seeds":
+        # Seeds on the command line are every grid's seeds.
+        for grid in _raw_grids(raw):
+            grid.pop("seeds", None)
     if key in TOP_LEVEL_KEYS and key not in SECTIONS:
         raw[key] = value
         return
@@ -201,12 +255,10 @@ def _apply_override(raw: dict[str, Any], key: str, value: Any, where: str) -> No
         return
     if key not in AXIS_FIELDS:
         raise SpecError(f"{where}: unknown setting {key!r}{_did_you_mean(key, AXIS_FIELDS)}")
-    if key == "train.seed":
-        raw["seeds"] = value if isinstance(value, list) else [value]
-        return
     section, field = key.split(".", 1)
     # A fixed value given on the command line replaces an axis of the same name.
-    (raw.get("axes") or {}).pop(key, None)
+    for grid in _raw_grids(raw):
+        grid.pop(key, None)
     section_dict = raw.setdefault(section, {})
     if not isinstance(section_dict, dict):
         raise SpecError(f"{where}: section {section!r} must be a mapping")
@@ -226,30 +278,14 @@ def _check_shape(raw: dict[str, Any], path: Path) -> None:
         if not isinstance(raw.get(section) or {}, dict):
             raise SpecError(f"{path}: {section!r} must be a mapping of settings")
     axes = raw.get("axes") or {}
-    if not isinstance(axes, dict):
-        raise SpecError(f"{path}: 'axes' must map setting names to lists of values")
-    for axis, values in axes.items():
-        if not isinstance(axis, str):
-            raise SpecError(f"{path}: axes: {axis!r} is not a setting name (e.g. train.lr)")
-        if axis == "train.seed":
-            raise SpecError(f"{path}: axes.train.seed: list the seeds under 'seeds' instead")
-        if axis.startswith("wandb."):
-            raise SpecError(f"{path}: axes.{axis}: W&B settings are one per sweep, not an axis")
-        if axis not in AXIS_FIELDS:
-            raise SpecError(f"{path}: unknown axis {axis!r}{_did_you_mean(axis, AXIS_FIELDS)}")
-        if not isinstance(values, list) or not values:
-            raise SpecError(f"{path}: axes.{axis} must be a non-empty list of values")
-        if len({repr(v) for v in values}) != len(values):
-            raise SpecError(f"{path}: axes.{axis} repeats a value: {values}")
-    seeds = raw.get("seeds", [0])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    ):
-        raise SpecError(f"{path}: 'seeds' must be a non-empty list of integers (got {seeds!r})")
-    if len(set(seeds)) != len(seeds):
-        raise SpecError(f"{path}: 'seeds' repeats a value: {seeds}")
+    grids = axes if isinstance(axes, list) else [axes]
+    if not isinstance(axes, dict | list) or not all(isinstance(g, dict) for g in grids):
+        raise SpecError(
+            f"{path}: 'axes' must map setting names to lists of values, or be a list of such grids"
+        )
+    for index, grid in enumerate(grids):
+        _check_grid(grid, "axes" if isinstance(axes, dict) else f"axes[{index}]", path)
+    _check_seeds(raw.get("seeds", [0]), "'seeds'", path)
     mct = raw.get("max_concurrent_trials")
     if mct is not None and (not isinstance(mct, int) or isinstance(mct, bool) or mct < 1):
         raise SpecError(f"{path}: 'max_concurrent_trials' must be a positive integer or omitted")
@@ -261,15 +297,61 @@ def _check_shape(raw: dict[str, Any], path: Path) -> None:
         raise SpecError(f"{path}: 'max_trials' must be a positive integer (got {limit!r})")
 
 
-def _check_grid_size(axes: dict[str, list[Any]], seeds: list[int], limit: int, path: Path) -> None:
-    """Refuse a grid larger than ``limit`` from its axis lengths, before expanding it."""
-    sizes = [len(values) for values in axes.values()] + [len(seeds)]
-    if math.prod(sizes) > limit:
-        shape = " x ".join(f"{len(v)} {axis}" for axis, v in axes.items())
+def _check_grid(grid: dict[Any, Any], where: str, path: Path) -> None:
+    for axis, values in grid.items():
+        if axis == "seeds":
+            _check_seeds(values, f"{where}.seeds", path)
+            continue
+        if not isinstance(axis, str):
+            raise SpecError(f"{path}: {where}: {axis!r} is not a setting name (e.g. train.lr)")
+        if axis == "train.seed":
+            raise SpecError(f"{path}: {where}.train.seed: list the seeds under 'seeds' instead")
+        if axis.startswith("wandb."):
+            raise SpecError(f"{path}: {where}.{axis}: W&B settings are one per sweep, not an axis")
+        if axis not in AXIS_FIELDS:
+            raise SpecError(f"{path}: unknown axis {axis!r}{_did_you_mean(axis, AXIS_FIELDS)}")
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"{path}: {where}.{axis} must be a non-empty list of values")
+        if len({repr(v) for v in values}) != len(values):
+            raise SpecError(f"{path}: {where}.{axis} repeats a value: {values}")
+
+
+def _check_seeds(seeds: Any, name: str, path: Path) -> None:
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise SpecError(f"{path}: {name} must be a non-empty list of integers (got {seeds!r})")
+    if len(set(seeds)) != len(seeds):
+        raise SpecError(f"{path}: {name} repeats a value: {seeds}")
+
+
+def _grids(raw: dict[str, Any]) -> list[Grid]:
+    """The file's grids (checked by ``_check_shape``)."""
+    return [
+        Grid(
+            axes={axis: list(values) for axis, values in grid.items() if axis != "seeds"},
+            seeds=list(grid["seeds"]) if "seeds" in grid else None,
+        )
+        for grid in _raw_grids(raw)
+    ]
+
+
+def _check_grid_size(grids: list[Grid], seeds: list[int], limit: int, path: Path) -> None:
+    """Refuse a sweep larger than ``limit`` from its axis lengths, before expanding it."""
+    total = sum(grid.size(seeds) for grid in grids)
+    if total > limit:
+        shapes = [
+            " x ".join(f"{len(v)} {axis}" for axis, v in grid.axes.items()) or "1 cell"
+            for grid in grids
+        ]
+        shape = " + ".join(
+            f"{s} x {len(g.seeds or seeds)} seed(s)" for s, g in zip(shapes, grids, strict=True)
+        )
         raise SpecError(
-            f"{path}: the grid has {math.prod(sizes):,} trials ({shape or '1 cell'} x "
-            f"{len(seeds)} seed(s)), more than max_trials {limit:,}; shorten an axis, or raise "
-            "max_trials in the file (or with max_trials=N)"
+            f"{path}: the grid has {total:,} trials ({shape}), more than max_trials {limit:,}; "
+            "shorten an axis, or raise max_trials in the file (or with max_trials=N)"
         )
 
 
@@ -386,25 +468,31 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     base = {section: dict(raw.get(section) or {}) for section in SECTIONS}
     if "seed" in base["train"]:
         raise SpecError(f"{path}: train.seed: list the seeds under 'seeds' instead")
-    axes = dict(raw.get("axes") or {})
+    grids = _grids(raw)
     seeds = list(raw.get("seeds", [0]))
     max_trials = raw.get("max_trials", DEFAULT_MAX_TRIALS)
-    _check_grid_size(axes, seeds, max_trials, path)
-    model_names = axes.get("model.name", [base["model"].get("name", "bert-tiny")])
+    _check_grid_size(grids, seeds, max_trials, path)
+    base_model = base["model"].get("name", "bert-tiny")
+    model_names = [n for g in grids for n in g.axes.get("model.name", [base_model])]
     _check_model_names(model_names, path)
 
-    trials = []
-    grid = {**axes, "train.seed": seeds}
-    for values in itertools.product(*grid.values()):
-        cell = dict(zip(grid, values, strict=True))
-        trial_dict = copy.deepcopy(base)
-        for axis, value in cell.items():
-            section, field = axis.split(".", 1)
-            trial_dict[section][field] = value
-        try:
-            trials.append(TrialConfig.model_validate(trial_dict))
-        except ValidationError as err:
-            raise SpecError(f"{path}: {_validation_message(err, cell)}") from None
+    trials, seen = [], set()
+    for grid in grids:
+        axes = {**grid.axes, "train.seed": grid.seeds or seeds}
+        for values in itertools.product(*axes.values()):
+            cell = dict(zip(axes, values, strict=True))
+            trial_dict = copy.deepcopy(base)
+            for axis, value in cell.items():
+                section, field = axis.split(".", 1)
+                trial_dict[section][field] = value
+            try:
+                trial = TrialConfig.model_validate(trial_dict)
+            except ValidationError as err:
+                raise SpecError(f"{path}: {_validation_message(err, cell)}") from None
+            # A cell that two grids share runs once.
+            if (key := trial.model_dump_json()) not in seen:
+                seen.add(key)
+                trials.append(trial)
     _check_local_models(trials, path)
 
     return SweepSpec(
@@ -412,7 +500,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         name=raw["name"],
         description=str(raw.get("description") or "").strip(),
         base=base,
-        axes=axes,
+        grids=grids,
         seeds=seeds,
         storage_path=str(raw.get("storage_path") or DEFAULT_STORAGE_PATH),
         max_concurrent_trials=raw.get("max_concurrent_trials"),

@@ -354,7 +354,7 @@ def _tune_trial(
 
 
 class GangAdmission(BasicVariantGenerator):
-    """Tune's grid, each trial handed to Tune only when its whole gang fits beside the running
+    """The sweep's trials, each handed to Tune only when its whole gang fits beside the running
     ones (``orchestrator.cluster.Admission``), longest estimated trials first.
 
     Tune starts every trial it holds as PENDING (its scheduler only picks which goes first), and
@@ -363,8 +363,11 @@ class GangAdmission(BasicVariantGenerator):
     a resumed sweep keeps the same admission and the same running gangs.
     """
 
-    def __init__(self, admission: Admission, seconds: dict[str, float]) -> None:
-        super().__init__()
+    def __init__(
+        self, admission: Admission, seconds: dict[str, float], points: list[dict[str, Any]]
+    ) -> None:
+        # Every trial is a point: a union of grids is no product Tune could expand itself.
+        super().__init__(points_to_evaluate=points)
         self._admission = admission
         self._seconds = seconds  # estimated wall time by trial config (JSON), for the order
         self._waiting: list[tuple[Trial, Gang]] | None = None  # None: grid not expanded yet
@@ -533,7 +536,8 @@ def _new_tuner(
         _trainable(experiment.storage, tracking, sweep.progress),
         param_space=spec.param_space(),
         tune_config=tune.TuneConfig(
-            search_alg=GangAdmission(admission, seconds),
+            search_alg=GangAdmission(admission, seconds, spec.points()),
+            num_samples=len(spec.trials),  # one per point: the points are the whole sweep
             reuse_actors=True,  # reused trial-driver actors: no new process per trial
         ),
         run_config=tune.RunConfig(

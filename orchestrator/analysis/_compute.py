@@ -45,7 +45,8 @@ def amdahl_curves(table: Table) -> tuple[dict[str, list[Curve]], str | None]:
     """Speed-up against workers with an Amdahl fit, per model (× extra axes), for each clock.
 
     Each model is read at its largest data fraction: a fixed start-up cost is a larger serial
-    fraction of a shorter run, so pooling fractions would mix different laws. The law is fitted
+    fraction of a shorter run, so pooling fractions would mix different laws. A model run on one
+    worker count there (a grid that swept workers for other cells) has no curve. The law is fitted
     on the times, one one-worker time per seed (see ``fit_amdahl``); the points drawn are the
     speed-ups of each seed over its own trial at the fewest workers.
     """
@@ -56,6 +57,8 @@ def amdahl_curves(table: Table) -> tuple[dict[str, list[Curve]], str | None]:
     for key, model_trials in groups(ok, [MODEL, *table.extra_axes]):
         fraction = model_trials[DATA].max()
         series = model_trials[model_trials[DATA] == fraction]
+        if series[WORKERS].nunique() < 2:
+            continue  # a grid that swept workers elsewhere, not for this model
         w0 = int(series[WORKERS].min())
         for time in TIMES:
             reference = series[series[WORKERS] == w0].groupby(SEED)[time].mean()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,9 @@ class Experiment:
     axes: tuple[str, ...]
     seeds: tuple[int, ...]
     num_trials: int
+    # Each planned trial's axis values; None for experiments from before they were recorded,
+    # which planned the product of every axis.
+    planned: tuple[dict[str, Any], ...] | None
     trials: pd.DataFrame  # results.csv, one row per trial
     history: pd.DataFrame  # every trials/<id>/history.jsonl, one row per (trial_id, epoch)
     notes: tuple[str, ...]
@@ -197,10 +201,17 @@ def load_experiment(directory: Path) -> Experiment:
         axes=tuple(spec["axes"]),
         seeds=tuple(spec["seeds"]),
         num_trials=int(spec["num_trials"]),
+        planned=_planned(spec.get("planned")),
         trials=trials,
         history=history,
         notes=notes,
     )
+
+
+def _planned(value: Any) -> tuple[dict[str, Any], ...] | None:
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        return tuple(value)
+    return None
 
 
 def _read_histories(
@@ -288,13 +299,15 @@ def build_table(experiment: Experiment, metric: Metric) -> Table:
         trials=trials,
         cells=cells,
         extra_axes=extra,
-        missing=_missing_cells(trials, axes, len(experiment.seeds) or 1),
+        missing=_missing_cells(
+            trials, axes, _planned_counts(trials, experiment.planned, axes), len(experiment.seeds)
+        ),
         hours_unit=hours_unit,
         model_names=dict(zip(names, trials["model.name"], strict=True)),
         chance=chance,
         seed_sd=seed_sd,
         substituted=_substituted(trials, cells, keys, reference),
-        absent=_absent(trials, cells, keys),
+        absent=_absent(trials, cells, keys, _planned_counts(trials, experiment.planned, keys)),
     )
 
 
@@ -385,13 +398,44 @@ def _substituted(
     return tuple(out)
 
 
-def _absent(trials: pd.DataFrame, cells: pd.DataFrame, keys: list[str]) -> tuple[dict, ...]:
-    """Model × data cells of the grid with no usable trial at any worker count, and why."""
+def _planned_counts(
+    trials: pd.DataFrame, planned: tuple[dict[str, Any], ...] | None, keys: list[str]
+) -> Counter | None:
+    """How many trials the sweep planned per cell of ``keys`` (None: every cell of the
+    product, as many as the seeds). Models are named as in ``trials``; a planned model no trial
+    of results.csv ran has no name there, and is left out."""
+    if planned is None:
+        return None
+    model_of = {
+        (_cell_value(name), _cell_value(layers)): model
+        for name, layers, model in trials.reindex(
+            columns=["model.name", "model.num_layers", MODEL]
+        ).itertuples(index=False)
+    }
+    counts: Counter = Counter()
+    for point in planned:
+        model = model_of.get(
+            (_cell_value(point.get("model.name")), _cell_value(point.get("model.num_layers")))
+        )
+        if model is not None:
+            counts[tuple(model if k == MODEL else _cell_value(point.get(k)) for k in keys)] += 1
+    return counts
+
+
+def _cell_value(value: Any) -> Any:
+    """A cell value as JSON and CSV both give it: NaN and None alike are None."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _absent(
+    trials: pd.DataFrame, cells: pd.DataFrame, keys: list[str], planned: Counter | None
+) -> tuple[dict, ...]:
+    """Model × data cells the sweep planned with no usable trial at any worker count, and why."""
     values = [sorted(trials[k].dropna().unique(), key=_sort_key) for k in keys]
     present = set(cells[keys].itertuples(index=False, name=None))
     out = []
     for cell in itertools.product(*values):
-        if cell in present:
+        if cell in present or (planned is not None and not planned[tuple(map(_cell_value, cell))]):
             continue
         key = dict(zip(keys, cell, strict=True))
         out.append(
@@ -464,13 +508,17 @@ def _aggregate(ok: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _missing_cells(
-    trials: pd.DataFrame, axes: list[str], expected_seeds: int
+    trials: pd.DataFrame, axes: list[str], planned: Counter | None, seeds: int
 ) -> tuple[dict[str, Any], ...]:
-    """Grid cells (the product of every swept value) with fewer usable seeds than asked for."""
+    """Planned cells (without a plan: the product of every swept value, each with ``seeds``
+    seeds) with fewer usable seeds than planned."""
     values = [sorted(trials[a].dropna().unique(), key=_sort_key) for a in axes]
     by_cell = dict(list(trials.groupby(axes, dropna=False, observed=True)))
     missing = []
     for cell in itertools.product(*values):
+        expected_seeds = (seeds or 1) if planned is None else planned[tuple(map(_cell_value, cell))]
+        if not expected_seeds:
+            continue
         group = by_cell.get(cell)
         n_ok = 0 if group is None else int(group["ok"].sum())
         if n_ok >= expected_seeds:

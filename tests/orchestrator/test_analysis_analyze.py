@@ -115,6 +115,7 @@ def write_experiment(
     names: dict[str, tuple[str, int]] | None = None,
     noise: float = 0.003,
     measures: bool = True,
+    only: Callable[[str, float, int, int], bool] | None = None,
 ) -> Path:
     """Write experiment.json, results.csv and histories; return the directory.
 
@@ -125,7 +126,8 @@ def write_experiment(
     ``chance`` writes the chance_accuracy column newer trials report; ``names`` writes a model
     as a local directory and a depth, (model.name, model.num_layers); ``measures`` writes the
     inference, convergence and utilisation columns and evaluation points (False: a sweep from
-    before them).
+    before them). ``only`` keeps the (model, fraction, workers, seed) trials it accepts, and
+    writes them as the plan: a union of grids, not their product.
     """
     rng = np.random.default_rng(0)
     directory.mkdir(parents=True, exist_ok=True)
@@ -144,6 +146,8 @@ def write_experiment(
             t1 = 1e-9 * total * examples * EPOCHS
             for w in workers:
                 for seed in seeds:
+                    if only is not None and not only(model, fraction, w, seed):
+                        continue
                     trial_id = f"t{len(rows):03d}"
                     label = f"{model}·f{fraction:g}·w{w}·s{seed}"
                     row = dict.fromkeys(columns, "") | {
@@ -199,6 +203,13 @@ def write_experiment(
                         examples,
                         final_error=(1.0 - score) if measures else None,
                     )
+    planned = None
+    if only is not None:
+        # As run writes it: every trial's axis values, JSON null where a value is unset.
+        planned = [
+            {a: row[a] if row[a] != "" else None for a in [*axes, "model.num_layers", "train.seed"]}
+            for row in rows
+        ]
     (directory / "experiment.json").write_text(
         json.dumps(
             {
@@ -208,6 +219,7 @@ def write_experiment(
                 "seeds": list(seeds),
                 "num_trials": len(models) * len(fractions) * len(workers) * len(seeds),
             }
+            | ({"planned": planned} if planned is not None else {})
         )
     )
     with (directory / "results.csv").open("w", newline="") as handle:
@@ -510,6 +522,35 @@ def test_missing_cells_are_listed_and_their_curves_refused(make_experiment) -> N
     assert by_model["bert-mini"]["refusal"].startswith("too few points to fit: 2 distinct D")
     assert by_model["bert-tiny"]["fit"] is not None
     assert summary["fits"]["joint"][0]["fit"] is not None  # 8 of 9 cells still fit 5 constants
+
+
+def test_a_union_of_grids_expects_only_its_cells(make_experiment) -> None:
+    # Every model x fraction on one worker with one seed; the largest model at all data on 1, 2
+    # and 4 workers with every seed: what a sweep with `axes` as a list of two grids runs.
+    largest = list(MODELS)[-1]
+    directory = make_experiment(
+        failed=(),
+        only=lambda model, fraction, w, seed: (
+            (w == 1 and seed == SEEDS[0]) or (model == largest and fraction == max(FRACTIONS))
+        ),
+    )
+    summary = analyze(directory).summary
+    assert summary["missing_cells"] == [] and summary["absent_cells"] == []
+    for clock in ("train_time_s", "trial_wall_s"):
+        (curve,) = summary["fits"]["amdahl"][clock]  # the one model swept on workers
+        assert curve["key"]["model"] == largest and curve["fit"]["ci95"] is not None
+    assert all(c["fit"] is not None for c in summary["fits"]["data_axis"]["curves"])
+    assert summary["fits"]["joint"][0]["fit"] is not None
+
+
+def test_a_planned_trial_that_never_ran_is_missing(make_experiment) -> None:
+    directory = make_experiment(failed=(), only=lambda model, fraction, w, seed: w == 1)
+    experiment = json.loads((directory / "experiment.json").read_text())
+    planned = experiment["planned"][0]
+    experiment["planned"].append(planned | {"train.seed": 99})
+    (directory / "experiment.json").write_text(json.dumps(experiment))
+    (missing,) = analyze(directory).summary["missing_cells"]
+    assert missing["seeds_ok"] == len(SEEDS) and missing["seeds_expected"] == len(SEEDS) + 1
 
 
 def test_too_few_points_everywhere_still_writes_a_report(make_experiment) -> None:

@@ -3,6 +3,7 @@ processes: Tune expands the grid and pickles the searcher's state in-process).""
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from orchestrator.cluster import (
     Capacity,
     NodeType,
 )
-from orchestrator.spec import load_spec
+from orchestrator.spec import SweepSpec, load_spec
 from orchestrator.sweep import GangAdmission
 
 # Four 1-GPU nodes at most: one 4-worker trial, or a 2-worker and two 1-worker trials, at once.
@@ -32,28 +33,36 @@ def _trial_function(config: dict) -> None:
     """Never run: Tune only needs a trainable to expand the grid."""
 
 
-@pytest.fixture
-def searcher(tmp_path: Path) -> GangAdmission:
+def _searcher(tmp_path: Path, text: str) -> tuple[GangAdmission, SweepSpec]:
     space = tmp_path / "s.yaml"
-    space.write_text(
-        textwrap.dedent(
-            """
-            name: s
-            compute: {use_gpu: true, cpus_per_worker: 4, global_batch_size: 8}
-            axes: {compute.num_workers: [1, 2, 4]}
-            seeds: [0, 1]
-            """
-        )
-    )
+    space.write_text(textwrap.dedent(text))
     spec = load_spec(space)
     # Longest first: here the 1-worker trials are the long ones.
     seconds = {t.model_dump_json(): 100.0 / t.compute.num_workers for t in spec.trials}
-    searcher = GangAdmission(Admission(CAPACITY), seconds)
+    searcher = GangAdmission(Admission(CAPACITY), seconds, spec.points())
     trainable = tune.with_resources(_trial_function, DRIVER_RESOURCES)
-    searcher.add_configurations(
-        [Experiment("e", trainable, config=spec.param_space(), storage_path=str(tmp_path))]
+    experiment = Experiment(
+        "e",
+        trainable,
+        config=spec.param_space(),
+        num_samples=len(spec.trials),
+        storage_path=str(tmp_path),
     )
-    return searcher
+    searcher.add_configurations([experiment])
+    return searcher, spec
+
+
+@pytest.fixture
+def searcher(tmp_path: Path) -> GangAdmission:
+    return _searcher(
+        tmp_path,
+        """
+        name: s
+        compute: {use_gpu: true, cpus_per_worker: 4, global_batch_size: 8}
+        axes: {compute.num_workers: [1, 2, 4]}
+        seeds: [0, 1]
+        """,
+    )[0]
 
 
 def _workers(trial) -> int:
@@ -75,7 +84,7 @@ def test_a_resumed_sweep_keeps_the_running_gangs_and_the_waiting_trials(searcher
     running = [searcher.next_trial() for _ in range(3)]
     saved = cloudpickle.dumps(searcher.get_state())  # what Tune writes with its experiment
 
-    restored = GangAdmission(Admission(CAPACITY), {})
+    restored = GangAdmission(Admission(CAPACITY), {}, [])
     restored.set_state(cloudpickle.loads(saved))
     assert restored.next_trial() is None  # the three restored trials still hold 4 GPUs
     for trial in running:
@@ -92,3 +101,30 @@ def test_stopping_the_experiment_starts_nothing_more(searcher):
     searcher.next_trial()
     searcher.set_finished()  # what Tune does when a stopper or fail-fast ends the sweep
     assert searcher.is_finished() and searcher.next_trial() is None
+
+
+def test_tune_runs_exactly_the_union_of_the_grids(tmp_path, caplog):
+    # Ray's loggers do not propagate to the root logger, where caplog listens.
+    ray_logger = logging.getLogger("ray")
+    ray_logger.addHandler(caplog.handler)
+    searcher, spec = _searcher(
+        tmp_path,
+        """
+        name: s
+        compute: {use_gpu: true, cpus_per_worker: 4, global_batch_size: 8}
+        axes:
+          - {compute.num_workers: [1], train.lr: [1.0e-4, 2.0e-4]}
+          - {compute.num_workers: [1, 2], train.lr: [1.0e-4], seeds: [0, 1]}
+        """,
+    )
+    configs = []
+    try:
+        while (trial := searcher.next_trial()) is not None:
+            configs.append(trial.config)
+            searcher.on_trial_complete(trial.trial_id)
+    finally:
+        ray_logger.removeHandler(caplog.handler)
+    # 2 + 4 cells, one shared (1 worker, lr 1e-4, seed 0): 5 trials, each as validated.
+    assert len(configs) == len(spec.trials) == 5
+    assert sorted(map(str, configs)) == sorted(map(str, spec.points()))
+    assert "Pre-set value" not in caplog.text  # every point lies in Tune's param space

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from contract.config import BatchScaling, ComputeConfig
 from orchestrator.cli import main
@@ -55,6 +56,62 @@ def test_param_space_puts_grid_searches_at_the_axis_leaves(tmp_path):
     assert space["train"]["seed"] == {"grid_search": [0, 1]}
     assert space["train"]["lr"] == 1e-3
     assert space["compute"]["batch_scaling"] == "strong"  # resolved defaults travel too
+
+
+GRIDS = """
+name: demo
+data: {source: synthetic, synthetic_train_size: 200}
+model: {from_scratch: true, tokenizer: wordpiece}
+compute: {global_batch_size: 8}
+train: {epochs: 1, lr: 1e-3}
+axes:
+  - model.name: [bert-tiny, bert-mini]
+    data.train_fraction: [0.5, 1.0]
+  - model.name: [bert-mini]
+    data.train_fraction: [1.0]
+    compute.num_workers: [1, 2]
+    seeds: [0, 1]
+"""
+
+
+def test_a_list_of_grids_is_their_union_each_shared_cell_once(tmp_path):
+    spec = load_spec(write(tmp_path, GRIDS))
+    cells = [
+        (t.model.name, t.data.train_fraction, t.compute.num_workers, t.train.seed)
+        for t in spec.trials
+    ]
+    # 4 cells x seed 0, then bert-mini at 100 % on 1 and 2 workers x seeds 0 and 1; the
+    # (bert-mini, 1.0, 1 worker, seed 0) trial is in both grids and runs once.
+    assert len(cells) == len(set(cells)) == 4 + 4 - 1
+    assert ("bert-mini", 1.0, 2, 1) in cells and ("bert-tiny", 1.0, 2, 0) not in cells
+    assert spec.axes == {
+        "model.name": ["bert-tiny", "bert-mini"],
+        "data.train_fraction": [0.5, 1.0],
+        "compute.num_workers": [1, 2],
+    }
+    assert spec.all_seeds() == [0, 1]
+    assert spec.points() == [t.model_dump(mode="json") for t in spec.trials]
+    # spec.yaml, as an experiment keeps it, reads back into the same sweep.
+    again = write(tmp_path, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    assert load_spec(again).trials == spec.trials
+
+
+def test_overrides_apply_to_every_grid(tmp_path):
+    path = write(tmp_path, GRIDS)
+    # A fixed value removes the axis from every grid: the shared cells collapse.
+    spec = load_spec(path, ["compute.num_workers=1"])
+    assert {t.compute.num_workers for t in spec.trials} == {1} and len(spec.trials) == 5
+    spec = load_spec(path, ["axes.data.train_fraction=[0.25]"])
+    assert {t.data.train_fraction for t in spec.trials} == {0.25}
+    # Seeds on the command line are every grid's seeds.
+    spec = load_spec(path, ["seeds=[5]"])
+    assert {t.train.seed for t in spec.trials} == {5} and len(spec.trials) == 5
+
+
+def test_plan_counts_each_grid(tmp_path, capsys):
+    assert main(["plan", str(write(tmp_path, GRIDS))]) == 0
+    out = capsys.readouterr().out
+    assert "7 trials (2 x 2 cells x 1 seeds + 1 x 1 x 2 cells x 2 seeds, 1 in more than" in out
 
 
 def test_overrides_set_values_and_replace_axes(tmp_path):
@@ -134,6 +191,14 @@ def test_overrides_set_values_and_replace_axes(tmp_path):
         ("name: x\nmax_trials: 0\n", "'max_trials' must be a positive integer (got 0)"),
         ("name: x\n1: 2\n", "unknown key 1; valid:"),
         ("name: x\naxes: {1: [2]}\n", "axes: 1 is not a setting name"),
+        ("name: x\naxes: [[1]]\n", "'axes' must map setting names to lists of values, or be"),
+        ("name: x\naxes: 3\n", "'axes' must map setting names to lists of values, or be"),
+        (
+            "name: x\naxes: [{train.epochs: [1]}, {train.epochs: 2}]\n",
+            "axes[1].train.epochs must be a non-empty list",
+        ),
+        ("name: x\naxes: [{seeds: [0, 0]}]\n", "axes[0].seeds repeats a value"),
+        ("name: x\naxes: [{seeds: []}]\n", "axes[0].seeds must be a non-empty list of integers"),
         ("name: x\nmodel: {name: .}\n", "local model directory '.' has no config.json"),
         (
             "name: x\ntrain: {progress_timeout_s: 0}\n",
