@@ -52,8 +52,14 @@ _MAD = 1.4826  # median absolute deviation -> standard deviation, for Gaussian n
 # the chance of flagging any point of a clean fit under _OUTLIER_FAMILY_RATE, if that is higher.
 _OUTLIER_Z = 4.0
 _OUTLIER_FAMILY_RATE = 0.01
-# Without seeds the noise comes from the residuals alone, which needs a few to spare.
-_MIN_DOF_FOR_RESIDUAL_SCALE = 5
+# Noise measured from the residuals (no seeds, or residuals wider than the seeds) needs plenty
+# to spare: a median absolute deviation over a handful of residuals is a poor scale, since a
+# law with as many constants as half the points passes nearly through several of them, and the
+# others then look like outliers (the quickstart's joint fit: 10 points, 5 constants).
+_MIN_DOF_FOR_RESIDUAL_SCALE = 10
+# Seed noise measured from fewer repeats than this (sum over cells of seeds - 1) is a guess:
+# one pair of seeds that agreed to 0.001 would make every other point an outlier.
+_MIN_SEED_DOF = 3
 _LACK_OF_FIT = 2.0  # residuals this many times the seed noise: the law misses the data
 _TINY = 1e-12
 
@@ -420,14 +426,15 @@ def _seed_noise(cells: np.ndarray | None, log_y: np.ndarray) -> np.ndarray | Non
     proportion (loss); each is measured robustly (median absolute deviation from the cell
     mean, so one diverged seed does not inflate it) and each point gets the larger of the two,
     so that neither kind makes clean points look like outliers. None without repeated points
-    or when every seed agreed exactly.
+    when the repeats are too few to measure it (``_MIN_SEED_DOF``), or when every seed agreed
+    exactly.
     """
     if cells is None:
         return None
     _, cell, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
     cell = cell.ravel()
     repeated = counts[cell] >= 2
-    if not repeated.any():
+    if int(np.sum(counts - 1)) < _MIN_SEED_DOF:
         return None
     y = np.exp(log_y)
     # Deviations from a mean of k points are smaller than the noise by sqrt((k-1)/k).

@@ -94,19 +94,25 @@ def recommend(
     which_data = _data(table, quality[quality[MODEL] == chosen], chosen, epsilon=epsilon)
     learned = quality[(quality[MODEL] == chosen) & quality["learned"]]
     fraction = which_data.choice if which_data.choice is not None else learned[DATA].max()
-    rows = speedups[(speedups[MODEL] == chosen) & (speedups[DATA] == fraction)]
+    where_model, where_fraction, moved = _swept_on_workers(table, speedups, chosen, fraction)
+    rows = speedups[(speedups[MODEL] == where_model) & (speedups[DATA] == where_fraction)]
     reached = None if convergence is None else convergence.cells
     if reached is not None:
-        reached = reached[(reached[MODEL] == chosen) & (reached[DATA] == fraction)]
+        reached = reached[(reached[MODEL] == where_model) & (reached[DATA] == where_fraction)]
     # Compare worker counts at the extra-axis values (e.g. a learning rate) that did best here.
-    best = learned[learned[DATA] == fraction]
+    best = learned[learned[DATA] == fraction] if not moved else pd.DataFrame()
     if not best.empty:
         best_cell = best.loc[best["error_mean"].idxmin()]
         for axis in table.extra_axes:
             rows = rows[rows[axis] == best_cell[axis]]
             if reached is not None:
                 reached = reached[reached[axis] == best_cell[axis]]
-    where = f"{chosen} at {_format.fraction(fraction)} data"
+    where = f"{where_model} at {_format.fraction(where_fraction)} data"
+    if moved:
+        where += (
+            f" (the sweep ran {chosen} at {_format.fraction(fraction)} data on one worker count; "
+            "this is the nearest cell it ran on several)"
+        )
     answers["data"] = which_data
     answers["workers"] = _workers(table, rows, where, budget)
     if convergence is not None:
@@ -114,6 +120,23 @@ def recommend(
             reached, where, convergence.level, answers["workers"].choice
         )
     return _ordered(answers)
+
+
+def _swept_on_workers(
+    table: Table, speedups: pd.DataFrame, model: str, fraction: float
+) -> tuple[str, float, bool]:
+    """The (model, fraction) cell to compare worker counts at: the one asked about, else (a
+    union of grids that swept workers on a few cells) the same model at its largest fraction
+    run on several counts, else the model nearest in size at its largest such fraction; and
+    whether it moved."""
+    counts = speedups.groupby([MODEL, DATA], observed=True)[WORKERS].nunique()
+    swept = counts[counts >= 2].reset_index()
+    if swept.empty or ((swept[MODEL] == model) & (swept[DATA] == fraction)).any():
+        return model, fraction, False
+    order = {name: i for i, name in enumerate(table.trials[MODEL].cat.categories)}
+    distance = (swept[MODEL].map(order).astype(int) - order[model]).abs()
+    pick = swept.assign(distance=distance).sort_values(["distance", DATA], ascending=[True, False])
+    return pick.iloc[0][MODEL], float(pick.iloc[0][DATA]), True
 
 
 def _ordered(answers: dict[str, Answer]) -> dict[str, Answer]:

@@ -525,22 +525,30 @@ def test_missing_cells_are_listed_and_their_curves_refused(make_experiment) -> N
 
 
 def test_a_union_of_grids_expects_only_its_cells(make_experiment) -> None:
-    # Every model x fraction on one worker with one seed; the largest model at all data on 1, 2
+    # Every model x fraction on one worker with one seed; a middle model at all data on 1, 2
     # and 4 workers with every seed: what a sweep with `axes` as a list of two grids runs.
-    largest = list(MODELS)[-1]
+    swept = list(MODELS)[1]
     directory = make_experiment(
         failed=(),
         only=lambda model, fraction, w, seed: (
-            (w == 1 and seed == SEEDS[0]) or (model == largest and fraction == max(FRACTIONS))
+            (w == 1 and seed == SEEDS[0]) or (model == swept and fraction == max(FRACTIONS))
         ),
     )
     summary = analyze(directory).summary
     assert summary["missing_cells"] == [] and summary["absent_cells"] == []
     for clock in ("train_time_s", "trial_wall_s"):
         (curve,) = summary["fits"]["amdahl"][clock]  # the one model swept on workers
-        assert curve["key"]["model"] == largest and curve["fit"]["ci95"] is not None
+        assert curve["key"]["model"] == swept and curve["fit"]["ci95"] is not None
     assert all(c["fit"] is not None for c in summary["fits"]["data_axis"]["curves"])
     assert summary["fits"]["joint"][0]["fit"] is not None
+    # The chosen model ran on one worker count: workers are compared where they were swept.
+    recommendation = summary["recommendation"]
+    chosen = recommendation["model"]["choice"]
+    assert chosen != swept
+    assert recommendation["workers"]["question"].startswith(
+        f"Workers for {swept} at 100 % data (the sweep ran {chosen} at 100 % data on one"
+    )
+    assert recommendation["workers"]["choice"] is not None
 
 
 def test_a_planned_trial_that_never_ran_is_missing(make_experiment) -> None:

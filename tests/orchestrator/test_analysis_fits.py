@@ -255,3 +255,15 @@ def test_exact_interpolation_is_noted_and_one_seed_per_point_has_no_interval() -
     fit = fit_power_law([1e5, 1e6, 1e7], [0.5, 0.35, 0.3])
     assert fit.ci95 is None
     assert any("3 distinct points for 3 constants" in note for note in fit.notes)
+
+
+def test_one_pair_of_seeds_is_not_a_noise_scale() -> None:
+    """The quickstart's shape: a 3 × 3 grid on one seed, one cell with a second seed that
+    agreed to 0.001. Taken as the noise, that pair would make the other cells outliers."""
+    n, d = joint_grid(3, 1)
+    error = joint_truth(n, d) + np.random.default_rng(4).normal(0.0, 0.01, n.size)
+    n, d = np.append(n, n[4]), np.append(d, d[4])
+    error = np.append(error, error[4] + 0.001)
+    fit = fit_joint_power_law(n, d, error)
+    assert not fit.noise.startswith("seed spread")
+    assert fit.outliers == () and fit.ci95 is not None  # 10 points, 5 constants

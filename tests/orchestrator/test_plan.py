@@ -58,8 +58,8 @@ def test_plan_command_prints_the_table(capsys):
     space = Path(__file__).resolve().parents[2] / "search_spaces" / "quickstart.yaml"
     assert main(["plan", str(space)]) == 0
     out = capsys.readouterr().out
-    assert "bert-tiny-L3·f0.25·w2·s0" in out
-    assert "18 trials" in out
+    assert "bert-tiny-L2·f1·w2·s1" in out  # the compute grid's second seed
+    assert "12 trials (3 x 3 cells x 1 seeds + 1 x 1 x 2 cells x 2 seeds" in out
 
 
 def test_plan_imports_neither_ray_nor_torch():
