@@ -286,6 +286,12 @@ def _check_shape(raw: dict[str, Any], path: Path) -> None:
     for index, grid in enumerate(grids):
         _check_grid(grid, "axes" if isinstance(axes, dict) else f"axes[{index}]", path)
     _check_seeds(raw.get("seeds", [0]), "'seeds'", path)
+    storage = raw.get("storage_path")
+    if storage is not None and (not isinstance(storage, str) or not storage or "\0" in storage):
+        raise SpecError(
+            f"{path}: 'storage_path' must be a directory or a URI such as s3://bucket/sweeps "
+            f"(got {storage!r:.80})"
+        )
     mct = raw.get("max_concurrent_trials")
     if mct is not None and (not isinstance(mct, int) or isinstance(mct, bool) or mct < 1):
         raise SpecError(f"{path}: 'max_concurrent_trials' must be a positive integer or omitted")

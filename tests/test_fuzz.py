@@ -235,6 +235,24 @@ def test_fuzzed_spec_files(workdir, data):
     _plan_then_run(space, out=workdir / "never")
 
 
+def _grids_spec(storage: Path) -> dict:
+    """The base spec with ``axes`` as a list of grids, one with seeds of its own."""
+    return _base_spec(storage) | {
+        "axes": [
+            {"model.name": ["bert-tiny", "bert-mini"], "data.train_fraction": [0.5, 1.0]},
+            {"model.name": ["bert-mini"], "compute.num_workers": [1, 2], "seeds": [0, 3]},
+        ]
+    }
+
+
+@_settings(examples=40)
+@given(data=st.data())
+def test_fuzzed_grid_lists(workdir, data):
+    space = workdir / "space.yaml"
+    space.write_bytes(data.draw(mutated_spec(_grids_spec(workdir / "experiments"))))
+    _plan_then_run(space, out=workdir / "never")
+
+
 override_keys = st.one_of(
     st.sampled_from([*AXIS_FIELDS, *TOP_LEVEL_KEYS, "wandb.mode", "wandb.project"]),
     st.sampled_from(AXIS_FIELDS).map(lambda key: f"axes.{key}"),

@@ -189,6 +189,7 @@ def test_overrides_set_values_and_replace_axes(tmp_path):
         ),
         ("name: x\ntrial_retries: -1\n", "'trial_retries' must be an integer >= 0 (got -1)"),
         ("name: x\nmax_trials: 0\n", "'max_trials' must be a positive integer (got 0)"),
+        ("name: x\nstorage_path: {a: 1}\n", "'storage_path' must be a directory or a URI"),
         ("name: x\n1: 2\n", "unknown key 1; valid:"),
         ("name: x\naxes: {1: [2]}\n", "axes: 1 is not a setting name"),
         ("name: x\naxes: [[1]]\n", "'axes' must map setting names to lists of values, or be"),
