@@ -20,9 +20,9 @@ model: {from_scratch: true, tokenizer: wordpiece, wordpiece_vocab_size: 500}
 compute: {cpus_per_worker: 1, global_batch_size: 16}
 train: {epochs: 2, lr: 1e-3, eval_every_steps: 10, target: 0.3}
 inference: {batch_sizes: [1, 8], max_examples: 32, warmup_steps: 2}
-axes:
-  model.name: [bert-tiny, no-such-org/no-such-model]
-  compute.num_workers: [1, 2]
+axes:  # two grids whose 1-worker trials coincide: each runs once
+  - {model.name: [bert-tiny, no-such-org/no-such-model]}
+  - {model.name: [bert-tiny, no-such-org/no-such-model], compute.num_workers: [1, 2]}
 """
 
 
@@ -48,6 +48,7 @@ def test_every_cell_has_a_row(sweep):
     assert cells == {(m, w) for m in ("bert-tiny", "no-such-org/no-such-model") for w in (1, 2)}
     meta = json.loads((experiment / "experiment.json").read_text())
     assert meta["primary_metric"] == "accuracy" and meta["num_trials"] == 4
+    assert len(meta["planned"]) == 4
 
 
 def test_good_trials_terminate_with_sane_metrics(sweep):
