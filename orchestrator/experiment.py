@@ -272,17 +272,17 @@ class ExperimentDir:
         if self.home:
             self._local.write(HOME_FILE, self.home.encode())
         self.write_file("spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
-        meta_axes = spec.axis_names()
+        axes = spec.axis_names()
         meta = {
             "name": spec.name,
             "primary_metric": spec.trials[0].primary_metric(),
-            "axes": spec.axis_names(),
+            "axes": axes,
             "seeds": spec.all_seeds(),
             "num_trials": len(spec.trials),
             # Each trial's axis values: which cells the analysis should expect, and with how
             # many seeds (a union of grids plans no product).
             "planned": [
-                {axis: _get(point, axis) for axis in dict.fromkeys([*CORE_AXES, *meta_axes])}
+                {axis: _get(point, axis) for axis in dict.fromkeys([*CORE_AXES, *axes])}
                 for point in spec.points()
             ],
         }

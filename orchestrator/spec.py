@@ -131,6 +131,7 @@ class SweepSpec:
         return union
 
     def all_seeds(self) -> list[int]:
+        """Every seed any grid runs, in first-seen order."""
         return list(dict.fromkeys(s for g in self.grids for s in (g.seeds or self.seeds)))
 
     def axis_names(self) -> list[str]:
