@@ -95,7 +95,19 @@ class Fit:
     draws: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def predict(self, *x: ArrayLike) -> np.ndarray:
-        p = self.params
+        return self._predict(self.params, *x)
+
+    def band(self, *x: ArrayLike) -> tuple[np.ndarray, np.ndarray] | None:
+        """The 95 % band of the law at ``x``, from the bootstrap draws (None without them)."""
+        if self.draws is None or not len(self.draws):
+            return None
+        curves = np.array(
+            [self._predict(dict(zip(self.params, row, strict=True)), *x) for row in self.draws]
+        )
+        low, high = np.nanpercentile(curves, [2.5, 97.5], axis=0)
+        return low, high
+
+    def _predict(self, p: dict[str, float], *x: ArrayLike) -> np.ndarray:
         if self.kind is FitKind.POWER_LAW:
             coef, exponent = _POWER_NAMES[self.variables[0]]
             return _power_law(np.array([p["E_inf"], p[coef], p[exponent]]), np.asarray(x[0]))

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -22,6 +23,7 @@ from contract.rows import EvalPoint
 from orchestrator.analysis import _format
 from orchestrator.analysis._convergence import Convergence
 from orchestrator.analysis._curves import Curve, JointFit, groups
+from orchestrator.analysis._fits import Fit
 from orchestrator.analysis._table import DATA, MODEL, WORKERS, Table
 
 __all__ = [
@@ -120,8 +122,20 @@ def _outliers(ax: Axes, table: Table, curves: Sequence[Curve], x: str) -> None:
     ax.scatter(flagged[x], flagged["error_value"], label="outlier (down-weighted)", **_OUTLIER)
 
 
+def _fitted(ax: Axes, fit: Fit, x: np.ndarray, color: tuple[float, ...]) -> None:
+    """The fitted law across ``x``, shaded with its 95 % bootstrap band where it has one."""
+    ax.plot(x, fit.predict(x), "-", color=color, alpha=0.8)
+    if (band := fit.band(x)) is not None:
+        low, high = band
+        outline = np.concatenate([np.column_stack([x, low]), np.column_stack([x, high])[::-1]])
+        # Kept out of the axis limits: a wide band (few points to spare) would flatten the data.
+        shade = PolyCollection([outline], facecolors=[color], alpha=0.12, linewidths=0)
+        ax.add_collection(shade, autolim=False)
+
+
 def _curves_panel(ax: Axes, curves: list[Curve], x_label: str, y_label: str) -> None:
-    """Seed means with std error bars, and each curve's fitted law across its x range."""
+    """Seed means with std error bars, and each curve's fitted law across its x range (with
+    its 95 % band when it has an interval)."""
     for curve, color in zip(curves, _colors(len(curves)), strict=True):
         points = curve.points
         if curve.fit is not None:
@@ -139,7 +153,7 @@ def _curves_panel(ax: Axes, curves: list[Curve], x_label: str, y_label: str) -> 
         )
         if curve.fit is not None:
             x = np.geomspace(points["x"].min() / 1.3, points["x"].max() * 1.3, 200)
-            ax.plot(x, curve.fit.predict(x), "-", color=color, alpha=0.8)
+            _fitted(ax, curve.fit, x, color)
     excluded = [c.excluded for c in curves if not c.excluded.empty]
     if excluded:
         apart = pd.concat(excluded)
@@ -182,7 +196,8 @@ def plot_model_axis(table: Table, curves: list[Curve], out: Path) -> Plot:
         "model_axis",
         "Model size",
         "Error against non-embedding parameters (log-log), one colour per training-data fraction; "
-        "points are seed means with ±1 std error bars, lines the fitted E(N) = E_inf + A·N^-alpha. "
+        "points are seed means with ±1 std error bars, lines the fitted E(N) = E_inf + A·N^-alpha "
+        "(shaded: its 95 % bootstrap band, where the curve has points to spare). "
         "A steeper curve means a bigger model pays off more; a flat one that E_inf dominates. "
         "Hollow grey points did not learn (within noise of chance) and are not fitted; red "
         "crosses are single trials the robust fit flagged as outliers.",
@@ -202,7 +217,8 @@ def plot_data_axis(table: Table, curves: list[Curve], out: Path) -> Plot:
         "data_axis",
         "Training data",
         "Error against training examples (log-log), one colour per model, with the fitted "
-        "E(D) = E_inf + B·D^-beta. Where a curve has flattened, more data of this kind buys little "
+        "E(D) = E_inf + B·D^-beta (shaded: its 95 % band, where it has one). Where a curve has "
+        "flattened, more data of this kind buys little "
         "for that model. Hollow grey points did not learn and are not fitted; red crosses are "
         "outlying trials.",
     )
@@ -284,7 +300,7 @@ def plot_compute(
             )
             if curve.fit is not None:
                 w = np.geomspace(p["x"].min(), p["x"].max(), 100)
-                ax.plot(w, curve.fit.predict(w), "-", color=color, alpha=0.8)
+                _fitted(ax, curve.fit, w, color)
         _worker_axis(ax, workers, y_too=True)
         ax.set_ylabel(f"speed-up T(w0)/T(w), {time}")
         ax.set_title(f"Speed-up of the {clocks[time]}, with Amdahl fits")
@@ -334,7 +350,7 @@ def plot_compute(
         "Compute",
         "Top: speed-up over the fewest workers, at each model's largest data fraction, for the "
         "training loop and for the whole trial (start-up included), with Amdahl fits "
-        "(s = serial fraction) and the ideal line. Bottom left: throughput per worker, flat when "
+        "(s = serial fraction; shaded: the 95 % band) and the ideal line. Bottom left: throughput per worker, flat when "
         "scaling is perfect. Bottom right: the final metric per worker count, which at a fixed "
         "global batch should not move beyond seed noise; cells circled red differ significantly "
         "(flags at other data fractions are listed in the Compute table).",

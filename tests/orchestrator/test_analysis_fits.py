@@ -267,3 +267,17 @@ def test_one_pair_of_seeds_is_not_a_noise_scale() -> None:
     fit = fit_joint_power_law(n, d, error)
     assert not fit.noise.startswith("seed spread")
     assert fit.outliers == () and fit.ci95 is not None  # 10 points, 5 constants
+
+
+def test_the_band_holds_the_fit_and_exists_only_with_an_interval() -> None:
+    n, d = joint_grid(6, SEEDS)
+    along = d == d.max()
+    error = joint_truth(n, d) + np.random.default_rng(5).normal(0.0, 0.003, n.size)
+    fit = fit_power_law(n[along], error[along])
+    x = np.geomspace(n.min(), n.max(), 20)
+    low, high = fit.band(x)
+    assert np.all(low <= fit.predict(x) + 1e-12) and np.all(fit.predict(x) <= high + 1e-12)
+    assert np.all(high > low)
+    # As many points as constants: no residuals to resample, no interval, no band.
+    exact = fit_power_law([1e5, 1e6, 1e7], [0.5, 0.4, 0.35])
+    assert exact.ci95 is None and exact.band(x) is None
