@@ -350,9 +350,10 @@ def plot_compute(
         "Compute",
         "Top: speed-up over the fewest workers, at each model's largest data fraction, for the "
         "training loop and for the whole trial (start-up included), with Amdahl fits "
-        "(s = serial fraction; shaded: the 95 % band) and the ideal line. Bottom left: throughput per worker, flat when "
-        "scaling is perfect. Bottom right: the final metric per worker count, which at a fixed "
-        "global batch should not move beyond seed noise; cells circled red differ significantly "
+        "(s = serial fraction; shaded: the 95 % band) and the ideal line. Bottom left: "
+        "throughput per worker, flat when scaling is perfect. Bottom right: the final metric "
+        "per worker count, which at a fixed global batch should not move beyond seed noise; "
+        "cells circled red differ significantly "
         "(flags at other data fractions are listed in the Compute table).",
     )
 
