@@ -227,14 +227,6 @@ def _plan_then_run(space: Path, *overrides: str, out: Path) -> tuple[int, str]:
     return code, err
 
 
-@_settings(examples=80)
-@given(data=st.data())
-def test_fuzzed_spec_files(workdir, data):
-    space = workdir / "space.yaml"
-    space.write_bytes(data.draw(mutated_spec(_base_spec(workdir / "experiments"))))
-    _plan_then_run(space, out=workdir / "never")
-
-
 def _grids_spec(storage: Path) -> dict:
     """The base spec with ``axes`` as a list of grids, one with seeds of its own."""
     return _base_spec(storage) | {
@@ -245,11 +237,12 @@ def _grids_spec(storage: Path) -> dict:
     }
 
 
-@_settings(examples=40)
+@pytest.mark.parametrize("base", [_base_spec, _grids_spec], ids=["one_grid", "grid_list"])
+@_settings(examples=60)
 @given(data=st.data())
-def test_fuzzed_grid_lists(workdir, data):
+def test_fuzzed_spec_files(workdir, base, data):
     space = workdir / "space.yaml"
-    space.write_bytes(data.draw(mutated_spec(_grids_spec(workdir / "experiments"))))
+    space.write_bytes(data.draw(mutated_spec(base(workdir / "experiments"))))
     _plan_then_run(space, out=workdir / "never")
 
 

@@ -58,13 +58,10 @@ def test_param_space_puts_grid_searches_at_the_axis_leaves(tmp_path):
     assert space["compute"]["batch_scaling"] == "strong"  # resolved defaults travel too
 
 
-GRIDS = """
-name: demo
-data: {source: synthetic, synthetic_train_size: 200}
-model: {from_scratch: true, tokenizer: wordpiece}
-compute: {global_batch_size: 8}
-train: {epochs: 1, lr: 1e-3}
-axes:
+# GOOD's settings, with axes as two grids.
+GRIDS = (
+    GOOD.split("axes:")[0]
+    + """axes:
   - model.name: [bert-tiny, bert-mini]
     data.train_fraction: [0.5, 1.0]
   - model.name: [bert-mini]
@@ -72,6 +69,7 @@ axes:
     compute.num_workers: [1, 2]
     seeds: [0, 1]
 """
+)
 
 
 def test_a_list_of_grids_is_their_union_each_shared_cell_once(tmp_path):
